@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,10 +21,11 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _few_torch_threads() -> None:
-    """Keep torch to one thread so tests behave the same on 2-core CI."""
-    try:
-        import torch
-    except ImportError:
-        return
+def _single_threaded() -> Iterator[None]:
+    """One torch and one BLAS/OpenMP thread: spin-waiting threads are slow on busy 2-core machines."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
     torch.set_num_threads(1)
+    with threadpool_limits(limits=1):
+        yield

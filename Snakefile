@@ -1,0 +1,27 @@
+# sclabel: train, benchmark and explain cell-type annotators for single-cell RNA-seq.
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/download.smk"
+include: "workflow/rules/qc.smk"
+include: "workflow/rules/split.smk"
+include: "workflow/rules/baseline.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        "results/benchmark/summary.tsv",
+        "results/report/kappa.png",
+        expand("results/report/confusion/{method}.png", method=METHODS),
+    default_target: True

@@ -1,0 +1,11 @@
+"""Snakemake step: fetch or read one dataset and write it in sclabel's standard h5ad form."""
+
+from sclabel.pipeline import download_stage
+from sclabel.runner import run_step
+
+
+def main(sm) -> None:
+    download_stage(sm.wildcards.dataset, sm.params.spec, sm.params.settings, sm.output[0], sm.params.download_dir)
+
+
+run_step(snakemake, main)  # noqa: F821 (injected by Snakemake)

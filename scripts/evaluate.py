@@ -1,0 +1,12 @@
+"""Snakemake step: score all predictions into metrics.tsv, summary.tsv, per-class and confusion tables."""
+
+from sclabel.pipeline import evaluate_stage
+from sclabel.runner import run_step
+
+
+def main(sm) -> None:
+    evaluate_stage(list(sm.input), sm.params.settings, sm.output.metrics, sm.output.summary, sm.output.per_class,
+                   sm.output.confusion)
+
+
+run_step(snakemake, main)  # noqa: F821 (injected by Snakemake)

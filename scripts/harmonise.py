@@ -1,0 +1,11 @@
+"""Snakemake step: combine the QC'd datasets on harmonised gene names."""
+
+from sclabel.pipeline import harmonise_stage
+from sclabel.runner import run_step
+
+
+def main(sm) -> None:
+    harmonise_stage(list(sm.input), sm.params.names, sm.params.settings, sm.output.h5ad, sm.output.table)
+
+
+run_step(snakemake, main)  # noqa: F821 (injected by Snakemake)

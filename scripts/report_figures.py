@@ -1,0 +1,12 @@
+"""Snakemake step: draw the report's figures (kappa per method and split, confusion matrices)."""
+
+from sclabel.plots import report_stage
+from sclabel.runner import run_step
+
+
+def main(sm) -> None:
+    report_stage(sm.input.metrics, sm.input.confusion, sm.params.methods, sm.params.settings["dpi"],
+                 sm.output.kappa, list(sm.output.confusions))
+
+
+run_step(snakemake, main)  # noqa: F821 (injected by Snakemake)

@@ -1,0 +1,52 @@
+"""Atomic file writing and small table helpers shared by every step."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import anndata as ad
+    import pandas as pd
+
+
+@contextlib.contextmanager
+def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary sibling of ``dest``; rename it onto ``dest`` only if the block succeeds."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.stem}.", suffix=f".tmp{dest.suffix}", dir=dest.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, dest)
+    except BaseException:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_h5ad(adata: ad.AnnData, dest: str | os.PathLike[str]) -> None:
+    """Write ``adata`` to ``dest`` atomically (compressed)."""
+    with atomic_path(dest) as tmp:
+        adata.write_h5ad(tmp, compression="gzip")
+
+
+def write_tsv(table: pd.DataFrame, dest: str | os.PathLike[str], index: bool = False) -> None:
+    """Write ``table`` as tab-separated text atomically."""
+    with atomic_path(dest) as tmp:
+        table.to_csv(tmp, sep="\t", index=index)
+
+
+def write_text(text: str, dest: str | os.PathLike[str]) -> None:
+    """Write ``text`` to ``dest`` atomically."""
+    with atomic_path(dest) as tmp:
+        tmp.write_text(text)

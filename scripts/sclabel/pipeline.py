@@ -1,0 +1,121 @@
+"""The workflow's stages as plain functions over paths and settings (the Snakemake scripts only call these)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from sclabel import baselines, datasets, io, metrics, qc, splits
+
+log = logging.getLogger("sclabel")
+
+
+def download_stage(name: str, spec: Mapping[str, Any], settings: Mapping[str, Any], output: str,
+                   download_dir: str) -> None:
+    """Fetch or read one dataset and write it in the standard form."""
+    adata, source = datasets.acquire(name, spec, Path(download_dir), settings["retries"], settings["timeout_s"],
+                                     "config")
+    standard = datasets.standardise(adata, spec, name, source)
+    log.info("%s: %d cells x %d genes from %s", name, standard.n_obs, standard.n_vars, source)
+    io.write_h5ad(standard, output)
+
+
+def qc_stage(input_h5ad: str, settings: Mapping[str, Any], output_h5ad: str, output_table: str) -> None:
+    """Filter cells and genes, normalise, and write the data with a table of what was removed."""
+    adata = ad.read_h5ad(input_h5ad)
+    source = adata.uns["sclabel"]["source"]
+    adata, removed = qc.qc_filter(adata, settings, source)
+    adata = qc.normalise(adata, settings["target_sum"])
+    log.info("QC kept %d cells x %d genes\n%s", adata.n_obs, adata.n_vars, removed.to_string(index=False))
+    io.write_tsv(removed, output_table)
+    io.write_h5ad(adata, output_h5ad)
+
+
+def harmonise_stage(inputs: Sequence[str], names: Sequence[str], settings: Mapping[str, Any], output_h5ad: str,
+                    output_table: str) -> None:
+    """Combine the QC'd datasets on harmonised gene names."""
+    combined, report = qc.combine([ad.read_h5ad(path) for path in inputs], settings["gene_join"],
+                                  settings["case"], names)
+    log.info("combined %d cells x %d genes (%s join)\n%s", combined.n_obs, combined.n_vars,
+             settings["gene_join"], report.to_string(index=False))
+    io.write_tsv(report, output_table)
+    io.write_h5ad(combined, output_h5ad)
+
+
+def labelled_cells(adata: ad.AnnData) -> pd.Series:
+    """Labels of the cells that have one (unlabelled datasets have none)."""
+    if "cell_type" not in adata.obs:
+        return pd.Series([], dtype=str)
+    labels = adata.obs["cell_type"]
+    return labels[labels.notna()].astype(str)
+
+
+def split_stage(input_h5ad: str, settings: Mapping[str, Any], output_splits: str, output_classes: str) -> None:
+    """Write each split's role (train / val / test) for every labelled cell, and the class counts per split."""
+    adata = ad.read_h5ad(input_h5ad, backed="r")
+    labels = labelled_cells(adata)
+    table = splits.stratified_cv(labels.index, labels, settings["n_folds"], settings["val_fraction"],
+                                 settings["seed"], source=input_h5ad)
+    report = splits.class_report(labels, table, settings["n_folds"])
+    small = sorted(report.loc[report["fewer_cells_than_folds"], "cell_type"].unique())
+    if small:
+        log.warning("classes with fewer cells than folds (kept; some test folds lack them): %s", ", ".join(small))
+    io.write_tsv(report, output_classes)
+    io.write_tsv(table, output_splits, index=True)
+
+
+def read_split(splits_file: str, split: str) -> pd.Series:
+    """Role of each cell in ``split`` (cells absent from it are dropped)."""
+    roles = pd.read_csv(splits_file, sep="\t", index_col="cell_id", usecols=["cell_id", split])[split]
+    roles.index = roles.index.astype(str)
+    return roles.dropna()
+
+
+def baseline_stage(method: str, settings: Mapping[str, Any], seed: int, input_h5ad: str, splits_file: str,
+                   split: str, output: str) -> None:
+    """Train a classical baseline on the split's training cells (train + val) and predict its test cells."""
+    adata = ad.read_h5ad(input_h5ad)
+    roles = read_split(splits_file, split)
+    fit_ids = roles.index[roles.isin([splits.TRAIN, splits.VAL])]
+    test_ids = roles.index[roles == splits.TEST]
+    labels = adata.obs["cell_type"].astype(str)
+    probabilities, classes = baselines.fit_predict_baseline(
+        method, settings, adata[fit_ids].X, labels[fit_ids].to_numpy(), adata[test_ids].X, seed)
+    table = baselines.predictions_table(test_ids, labels[test_ids].to_numpy(), probabilities, classes)
+    log.info("%s on %s: %d training cells, %d test cells, accuracy %.3f", method, split, len(fit_ids),
+             len(test_ids), float(np.mean(table["true"] == table["predicted"])))
+    io.write_tsv(table, output)
+
+
+def parse_prediction_path(path: str) -> tuple[str, str]:
+    """(method, split) from ``.../predictions/{method}/{split}.tsv``."""
+    file = Path(path)
+    return file.parent.name, file.stem
+
+
+def evaluate_stage(prediction_files: Sequence[str], settings: Mapping[str, Any], output_metrics: str,
+                   output_summary: str, output_per_class: str, output_confusion: str) -> None:
+    """Score every method × split; write long metrics, mean ± sd summary, per-class scores and confusion counts."""
+    metric_rows, class_rows, confusion_rows = [], [], []
+    for path in prediction_files:
+        method, split = parse_prediction_path(path)
+        table = pd.read_csv(path, sep="\t", dtype={"cell_id": str, "true": str, "predicted": str})
+        predicted = metrics.apply_threshold(table["predicted"], table["confidence"], settings["unassigned_threshold"])
+        for metric, value in metrics.summary_scores(table["true"], predicted).items():
+            metric_rows.append({"method": method, "split": split, "metric": metric, "value": value})
+        labels = metrics.label_order(table["true"], predicted)
+        matrix = metrics.confusion(table["true"], predicted, labels)
+        per_class = metrics.per_class_scores(matrix, labels).assign(method=method, split=split)
+        class_rows.append(per_class)
+        confusion_rows.append(metrics.confusion_long(matrix, labels).assign(method=method, split=split))
+    long = pd.DataFrame(metric_rows)
+    io.write_tsv(long, output_metrics)
+    io.write_tsv(metrics.summarise(long), output_summary)
+    io.write_tsv(pd.concat(class_rows, ignore_index=True), output_per_class)
+    io.write_tsv(pd.concat(confusion_rows, ignore_index=True), output_confusion)

@@ -1,0 +1,69 @@
+"""Figures for the report: confusion matrices and Cohen's kappa per method across splits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from sclabel import io  # noqa: E402
+
+
+def save_figure(fig: plt.Figure, output: str | Path, dpi: int = 120) -> None:
+    """Save ``fig`` as PNG atomically and close it."""
+    with io.atomic_path(output) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+
+
+def confusion_figure(confusion: pd.DataFrame, title: str) -> plt.Figure:
+    """Row-normalised confusion heatmap (true label rows, predicted columns), counts summed over splits."""
+    matrix = confusion.pivot_table(index="true", columns="predicted", values="count", aggfunc="sum", fill_value=0)
+    labels = sorted(set(matrix.index) | set(matrix.columns))
+    matrix = matrix.reindex(index=[label for label in labels if label in matrix.index], columns=labels, fill_value=0)
+    fractions = matrix.to_numpy() / np.maximum(matrix.to_numpy().sum(axis=1, keepdims=True), 1)
+    size = 2.5 + 0.45 * len(labels)
+    fig, ax = plt.subplots(figsize=(size + 1.5, size))
+    image = ax.imshow(fractions, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right")
+    ax.set_yticks(range(len(matrix.index)), matrix.index)
+    for (row, col), value in np.ndenumerate(matrix.to_numpy()):
+        if value:
+            ax.text(col, row, str(value), ha="center", va="center", fontsize=7,
+                    color="white" if fractions[row, col] > 0.5 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.colorbar(image, ax=ax, fraction=0.046, label="fraction of true cells")
+    return fig
+
+
+def kappa_figure(metrics_long: pd.DataFrame) -> plt.Figure:
+    """Cohen's kappa of every method on every split (points) with the mean (bar)."""
+    kappa = metrics_long[metrics_long["metric"] == "cohen_kappa"]
+    methods = sorted(kappa["method"].unique())
+    fig, ax = plt.subplots(figsize=(1.5 + 1.1 * len(methods), 3.5))
+    for i, method in enumerate(methods):
+        values = kappa.loc[kappa["method"] == method, "value"].to_numpy()
+        ax.bar(i, values.mean(), color="lightsteelblue", width=0.6)
+        ax.scatter(np.full(len(values), i) + np.linspace(-0.15, 0.15, len(values)), values, color="black", s=12)
+    ax.set_xticks(range(len(methods)), methods, rotation=30, ha="right")
+    ax.set_ylabel("Cohen's kappa")
+    ax.set_ylim(min(0.0, float(kappa["value"].min()) - 0.05), 1.0)
+    ax.set_title("Cohen's kappa per split (points) and mean (bars)")
+    return fig
+
+
+def report_stage(metrics_file: str, confusion_file: str, methods: list[str], dpi: int, output_kappa: str,
+                 output_confusions: list[str]) -> None:
+    """Draw the kappa overview and one confusion matrix per method."""
+    save_figure(kappa_figure(pd.read_csv(metrics_file, sep="\t")), output_kappa, dpi)
+    confusion = pd.read_csv(confusion_file, sep="\t", dtype={"true": str, "predicted": str})
+    for method, output in zip(methods, output_confusions):
+        subset = confusion[confusion["method"] == method]
+        save_figure(confusion_figure(subset, f"{method}: confusion summed over splits"), output, dpi)

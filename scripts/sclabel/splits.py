@@ -1,0 +1,71 @@
+"""Train / validation / test assignments: stratified k-fold cross-validation with a validation slice per fold."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedKFold
+
+from sclabel.errors import InputError
+
+TRAIN, VAL, TEST = "train", "val", "test"
+
+
+def cv_split_names(n_folds: int) -> list[str]:
+    """Names of the cross-validation splits: cv1 .. cvK."""
+    return [f"cv{i}" for i in range(1, n_folds + 1)]
+
+
+def check_labels(labels: pd.Series, source: str, n_folds: int) -> None:
+    """Refuse label vectors that cannot be cross-validated."""
+    if labels.nunique() < 2:
+        raise InputError(source, "obs['cell_type']", f"only one class ({labels.iloc[0] if len(labels) else 'none'})",
+                         "a classifier needs at least two cell types: add datasets or pick another label_key")
+    if len(labels) < n_folds:
+        raise InputError(source, "split.n_folds", f"{len(labels)} labelled cells for {n_folds} folds",
+                         "lower split.n_folds or add cells")
+
+
+def carve_validation(train_idx: np.ndarray, labels: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """Pick a stratified validation slice of ``train_idx``: round(fraction·n) cells per class, keeping ≥1 for training."""
+    chosen = []
+    for label in np.unique(labels[train_idx]):
+        members = train_idx[labels[train_idx] == label]
+        n_val = min(int(round(fraction * len(members))), len(members) - 1)
+        if n_val > 0:
+            chosen.append(rng.choice(members, size=n_val, replace=False))
+    return np.sort(np.concatenate(chosen)) if chosen else np.array([], dtype=int)
+
+
+def stratified_cv(cell_ids: pd.Index, labels: pd.Series, n_folds: int, val_fraction: float, seed: int,
+                  source: str = "labels") -> pd.DataFrame:
+    """One column per fold (cv1..cvK) with the role of every cell: train, val or test."""
+    check_labels(labels, source, n_folds)
+    y = labels.to_numpy().astype(str)
+    folds = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    rng = np.random.default_rng(seed)
+    table = pd.DataFrame(index=pd.Index(cell_ids, name="cell_id"))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The least populated class")  # reported by class_report instead
+        fold_indices = list(folds.split(np.zeros(len(y)), y))
+    for name, (train_idx, test_idx) in zip(cv_split_names(n_folds), fold_indices):
+        roles = np.full(len(y), TRAIN, dtype=object)
+        roles[test_idx] = TEST
+        roles[carve_validation(train_idx, y, val_fraction, rng)] = VAL
+        table[name] = roles
+    return table
+
+
+def class_report(labels: pd.Series, assignments: pd.DataFrame, n_folds: int) -> pd.DataFrame:
+    """Cells per class and role in every split, flagging classes with fewer cells than folds."""
+    rows = []
+    for split in assignments.columns:
+        counts = pd.crosstab(labels.to_numpy(), assignments[split].to_numpy())
+        for label, row in counts.iterrows():
+            total = int(row.sum())
+            rows.append({"split": split, "cell_type": label, "total": total,
+                         **{role: int(row.get(role, 0)) for role in (TRAIN, VAL, TEST)},
+                         "fewer_cells_than_folds": total < n_folds})
+    return pd.DataFrame(rows)

@@ -1,0 +1,116 @@
+"""The real Snakemake workflow, run end to end on the bundled default data and on edge cases."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from workflow_helpers import REPO_ROOT, load_config, planned_jobs, snakemake, write_config
+
+pytestmark = pytest.mark.workflow
+SPLITS = [f"cv{i}" for i in range(1, 6)]
+
+
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory) -> tuple[Path, Path]:
+    """The default config run once, end to end."""
+    workdir = tmp_path_factory.mktemp("default")
+    configfile = write_config(workdir, load_config())
+    snakemake(workdir, configfile)
+    return workdir, configfile
+
+
+def test_default_run_writes_the_output_contract(default_run):
+    workdir, _ = default_run
+    for split in SPLITS:
+        predictions = pd.read_csv(workdir / f"results/predictions/logreg/{split}.tsv", sep="\t")
+        assert list(predictions.columns) == ["cell_id", "true", "predicted", "confidence"]
+        assert predictions["confidence"].between(0, 1).all()
+    metrics = pd.read_csv(workdir / "results/benchmark/metrics.tsv", sep="\t")
+    assert list(metrics.columns) == ["method", "split", "metric", "value"]
+    assert set(metrics["metric"]) >= {"accuracy", "cohen_kappa", "macro_f1"}
+    assert sorted(metrics["split"].unique()) == SPLITS
+    summary = pd.read_csv(workdir / "results/benchmark/summary.tsv", sep="\t").set_index(["method", "metric"])
+    kappa = summary.loc[("logreg", "cohen_kappa")]
+    assert 0.6 < kappa["mean"] < 1.0 and kappa["sd"] > 0  # real numbers with spread across folds
+    assert kappa["mean"] == pytest.approx(metrics.query("metric == 'cohen_kappa'")["value"].mean())
+    for path in ("results/report/kappa.png", "results/report/confusion/logreg.png"):
+        assert (workdir / path).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_every_cell_is_predicted_once_across_folds(default_run):
+    workdir, _ = default_run
+    predictions = pd.concat(pd.read_csv(workdir / f"results/predictions/logreg/{s}.tsv", sep="\t") for s in SPLITS)
+    assert predictions["cell_id"].is_unique and len(predictions) == 700
+
+
+def test_report_renders(default_run):
+    workdir, configfile = default_run
+    snakemake(workdir, configfile, "--report", str(workdir / "report.html"))
+    html = (workdir / "report.html").read_text(errors="ignore")
+    assert "summary.tsv" in html and "kappa.png" in html
+
+
+def test_nothing_to_do_after_a_complete_run(default_run):
+    assert planned_jobs(*default_run) == {}
+
+
+@pytest.mark.parametrize(
+    ("block", "key", "value", "expected"),
+    [
+        ("baseline", "logreg", {"C": 0.5}, {"baseline": 5, "evaluate": 1, "report_figures": 1, "all": 1}),
+        ("evaluate", "unassigned_threshold", 0.5, {"evaluate": 1, "report_figures": 1, "all": 1}),
+        ("split", "seed", 1, {"split": 1, "baseline": 5, "evaluate": 1, "report_figures": 1, "all": 1}),
+        ("qc", "min_genes", 150, {"qc": 1, "harmonise": 1, "split": 1, "baseline": 5, "evaluate": 1,
+                                   "report_figures": 1, "all": 1}),
+    ],
+)
+def test_changing_one_stage_reruns_it_and_what_follows_only(default_run, tmp_path, block, key, value, expected):
+    workdir, _ = default_run
+    config = copy.deepcopy(load_config())
+    config.setdefault(block, {})[key] = value
+    changed = write_config(tmp_path, config)
+    assert planned_jobs(workdir, changed) == expected
+
+
+def test_bad_label_column_fails_with_one_line_and_no_output(tmp_path):
+    config = load_config()
+    config["datasets"]["pbmc68k"]["label_key"] = "no_such_column"
+    configfile = write_config(tmp_path, config)
+    result = snakemake(tmp_path, configfile, check=False)
+    assert result.returncode != 0
+    log = (tmp_path / "results/logs/download/pbmc68k.log").read_text().strip().splitlines()
+    assert len(log) == 1 and "obs['no_such_column']: label column not found" in log[0] and "Fix:" in log[0]
+    assert not (tmp_path / "results/data/raw/pbmc68k.h5ad").exists()
+    assert not list((tmp_path / "results/data/raw").glob("*"))
+
+
+def test_schema_rejects_unsafe_dataset_name(tmp_path):
+    config = load_config()
+    config["datasets"]["../evil"] = config["datasets"].pop("pbmc68k")
+    result = snakemake(tmp_path, write_config(tmp_path, config), "--dry-run", check=False)
+    assert result.returncode != 0 and "does not match" in result.stderr + result.stdout
+
+
+def test_lint_is_clean():
+    result = subprocess.run([sys.executable, "-m", "snakemake", "--lint"], cwd=REPO_ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Lints for" not in result.stdout + result.stderr
+
+
+def test_pbmc_symphony_config(shared_data, tmp_path):
+    config = load_config("pbmc_symphony.yaml")
+    config["datasets"]["pbmc_symphony"]["source"] = str(shared_data / "pbmc_symphony.h5ad")
+    configfile = write_config(tmp_path, config)
+    snakemake(tmp_path, configfile)
+    summary = pd.read_csv(tmp_path / "results/benchmark/summary.tsv", sep="\t").set_index(["method", "metric"])
+    assert summary.loc[("logreg", "cohen_kappa"), "mean"] > 0.85
+    assert summary.loc[("logreg", "cohen_kappa"), "n_splits"] == 5
+    classes = pd.read_csv(tmp_path / "results/splits/class_counts.tsv", sep="\t")
+    assert set(classes.loc[classes["fewer_cells_than_folds"], "cell_type"]) == {"HSC"}

@@ -1,0 +1,15 @@
+rule download:
+    output:
+        "results/data/raw/{dataset}.h5ad",
+    params:
+        spec=lambda wildcards: config["datasets"][wildcards.dataset],
+        settings=config["download"],
+        download_dir=lambda wildcards: f"resources/downloads/{wildcards.dataset}",
+    log:
+        "results/logs/download/{dataset}.log",
+    benchmark:
+        "results/benchmarks/download/{dataset}.tsv"
+    conda:
+        "../../envs/data.yaml"
+    script:
+        "../../scripts/download.py"

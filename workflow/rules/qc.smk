@@ -1,0 +1,35 @@
+rule qc:
+    input:
+        "results/data/raw/{dataset}.h5ad",
+    output:
+        h5ad="results/data/qc/{dataset}.h5ad",
+        table="results/qc/{dataset}.tsv",
+    params:
+        settings=config["qc"],
+    log:
+        "results/logs/qc/{dataset}.log",
+    benchmark:
+        "results/benchmarks/qc/{dataset}.tsv"
+    conda:
+        "../../envs/data.yaml"
+    script:
+        "../../scripts/qc.py"
+
+
+rule harmonise:
+    input:
+        expand("results/data/qc/{dataset}.h5ad", dataset=DATASETS),
+    output:
+        h5ad="results/data/combined.h5ad",
+        table="results/qc/genes.tsv",
+    params:
+        names=DATASETS,
+        settings=config["harmonise"],
+    log:
+        "results/logs/harmonise.log",
+    benchmark:
+        "results/benchmarks/harmonise.tsv"
+    conda:
+        "../../envs/data.yaml"
+    script:
+        "../../scripts/harmonise.py"
