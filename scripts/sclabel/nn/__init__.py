@@ -1,0 +1,1 @@
+"""Neural-network building blocks: encoders, k-means pretraining and classifier fine-tuning."""

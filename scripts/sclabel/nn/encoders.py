@@ -1,0 +1,96 @@
+"""Gene-expression encoders, the encoder registry and small mini-batch, seed and device helpers."""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections.abc import Iterator
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+Matrix = sp.spmatrix | sp.sparray | np.ndarray
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    """Return cuda when available and asked for ("auto"/"cuda[:n]"), else cpu (warning when cuda was asked)."""
+    if requested == "cpu":
+        return torch.device("cpu")
+    if requested != "auto" and not requested.startswith("cuda"):
+        raise ValueError(f"device {requested!r} is not one of auto, cpu, cuda, cuda:N")
+    if torch.cuda.is_available():
+        return torch.device("cuda" if requested == "auto" else requested)
+    if requested != "auto":
+        log.warning("device %r requested but CUDA is not available; using cpu", requested)
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA) global random generators."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def iterate_minibatches(order: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
+    """Split row indices ``order`` into consecutive near-equal chunks of at most ``batch_size`` rows."""
+    yield from np.array_split(order, max(1, math.ceil(len(order) / batch_size)))
+
+
+def dense_batch(X: Matrix, rows: np.ndarray, device: torch.device) -> torch.Tensor:
+    """Rows ``rows`` of a sparse or dense matrix as a dense float32 tensor on ``device``."""
+    block = X[rows]
+    block = block.toarray() if sp.issparse(block) else np.asarray(block)
+    return torch.from_numpy(np.ascontiguousarray(block, dtype=np.float32)).to(device)
+
+
+@torch.no_grad()
+def predict_batches(module: nn.Module, X: Matrix, batch_size: int = 1024) -> np.ndarray:
+    """Outputs of ``module`` (in eval mode) for every row of ``X``, computed batch by batch."""
+    device = next(module.parameters()).device
+    was_training = module.training
+    module.eval()
+    try:
+        parts = [module(dense_batch(X, rows, device)).cpu().numpy()
+                 for rows in iterate_minibatches(np.arange(X.shape[0]), batch_size)]
+    finally:
+        module.train(was_training)
+    return np.concatenate(parts)
+
+
+class MLPEncoder(nn.Module):
+    """Genes → ``out_dim`` embedding: optional hidden Linear → ELU → Dropout layers, then a Linear."""
+
+    def __init__(self, n_genes: int, hidden_dims: list[int] | None = None, out_dim: int = 200,
+                 dropout: float = 0.1) -> None:
+        super().__init__()
+        hidden_dims = list(hidden_dims or [])
+        self.out_dim = out_dim
+        self.hparams = {"hidden_dims": hidden_dims, "out_dim": out_dim, "dropout": dropout}
+        layers: list[nn.Module] = []
+        width = n_genes
+        for hidden in hidden_dims:
+            layers += [nn.Linear(width, hidden), nn.ELU(), nn.Dropout(dropout)]
+            width = hidden
+        layers.append(nn.Linear(width, out_dim))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Embed a [cells, genes] batch into [cells, out_dim]."""
+        return self.net(x)
+
+
+def build_encoder(kind: str, n_genes: int, hparams: dict) -> nn.Module:
+    """Build the encoder named ``kind`` ("mlp" or "transformer") for ``n_genes`` inputs."""
+    if kind == "mlp":
+        return MLPEncoder(n_genes=n_genes, **hparams)
+    if kind == "transformer":
+        from sclabel.nn.transformer import GeneTransformerEncoder
+
+        return GeneTransformerEncoder(n_genes=n_genes, **hparams)
+    raise ValueError(f"encoder kind {kind!r} is not one of mlp, transformer")
