@@ -15,8 +15,11 @@ include: "workflow/rules/download.smk"
 include: "workflow/rules/qc.smk"
 include: "workflow/rules/split.smk"
 include: "workflow/rules/baseline.smk"
+include: "workflow/rules/pretrain.smk"
+include: "workflow/rules/finetune.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/annotate.smk"
 
 
 rule all:
@@ -24,4 +27,5 @@ rule all:
         "results/benchmark/summary.tsv",
         "results/report/kappa.png",
         expand("results/report/confusion/{method}.png", method=METHODS),
+        "results/annotate/summary.tsv" if QUERIES else [],
     default_target: True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ from workflow_helpers import REPO_ROOT, load_config, planned_jobs, snakemake, wr
 
 pytestmark = pytest.mark.workflow
 SPLITS = [f"cv{i}" for i in range(1, 6)]
+METHODS = ["logreg", "mlp", "kmeans+mlp"]
 
 
 @pytest.fixture(scope="module")
@@ -27,10 +29,11 @@ def default_run(tmp_path_factory) -> tuple[Path, Path]:
 
 def test_default_run_writes_the_output_contract(default_run):
     workdir, _ = default_run
-    for split in SPLITS:
-        predictions = pd.read_csv(workdir / f"results/predictions/logreg/{split}.tsv", sep="\t")
-        assert list(predictions.columns) == ["cell_id", "true", "predicted", "confidence"]
-        assert predictions["confidence"].between(0, 1).all()
+    for method in METHODS:
+        for split in SPLITS:
+            predictions = pd.read_csv(workdir / f"results/predictions/{method}/{split}.tsv", sep="\t")
+            assert list(predictions.columns)[:4] == ["cell_id", "true", "predicted", "confidence"]
+            assert predictions["confidence"].between(0, 1).all()
     metrics = pd.read_csv(workdir / "results/benchmark/metrics.tsv", sep="\t")
     assert list(metrics.columns) == ["method", "split", "metric", "value"]
     assert set(metrics["metric"]) >= {"accuracy", "cohen_kappa", "macro_f1"}
@@ -38,15 +41,35 @@ def test_default_run_writes_the_output_contract(default_run):
     summary = pd.read_csv(workdir / "results/benchmark/summary.tsv", sep="\t").set_index(["method", "metric"])
     kappa = summary.loc[("logreg", "cohen_kappa")]
     assert 0.6 < kappa["mean"] < 1.0 and kappa["sd"] > 0  # real numbers with spread across folds
-    assert kappa["mean"] == pytest.approx(metrics.query("metric == 'cohen_kappa'")["value"].mean())
-    for path in ("results/report/kappa.png", "results/report/confusion/logreg.png"):
+    assert kappa["mean"] == pytest.approx(metrics.query("metric == 'cohen_kappa' and method == 'logreg'")["value"].mean())
+    for path in ("results/report/kappa.png", *(f"results/report/confusion/{m}.png" for m in METHODS)):
         assert (workdir / path).read_bytes()[:4] == b"\x89PNG"
 
 
-def test_every_cell_is_predicted_once_across_folds(default_run):
+@pytest.mark.parametrize("method", METHODS)
+def test_every_cell_is_predicted_once_across_folds(default_run, method):
     workdir, _ = default_run
-    predictions = pd.concat(pd.read_csv(workdir / f"results/predictions/logreg/{s}.tsv", sep="\t") for s in SPLITS)
+    predictions = pd.concat(pd.read_csv(workdir / f"results/predictions/{method}/{s}.tsv", sep="\t") for s in SPLITS)
     assert predictions["cell_id"].is_unique and len(predictions) == 700
+
+
+def test_neural_methods_beat_the_majority_class(default_run):
+    workdir, _ = default_run
+    summary = pd.read_csv(workdir / "results/benchmark/summary.tsv", sep="\t").set_index(["method", "metric"])
+    majority = 240 / 700  # Dendritic, the largest class of pbmc68k_reduced
+    for method in ("mlp", "kmeans+mlp"):
+        assert summary.loc[(method, "accuracy"), "mean"] > majority + 0.3
+        assert summary.loc[(method, "cohen_kappa"), "mean"] > 0.6
+
+
+def test_pretraining_is_per_split_and_loss_falls(default_run):
+    workdir, _ = default_run
+    for split in SPLITS:
+        history = json.loads((workdir / f"results/pretrain/kmeans+mlp/{split}/history.json").read_text())
+        assert history["loss"][-1] < history["loss"][0]
+        test_cells = set(pd.read_csv(workdir / f"results/predictions/logreg/{split}.tsv", sep="\t")["cell_id"])
+        pretrained_on = set(history["cells"]["pbmc68k"])
+        assert len(pretrained_on) == 560 and pretrained_on.isdisjoint(test_cells)
 
 
 def test_report_renders(default_run):
@@ -64,10 +87,13 @@ def test_nothing_to_do_after_a_complete_run(default_run):
     ("block", "key", "value", "expected"),
     [
         ("baseline", "logreg", {"C": 0.5}, {"baseline": 5, "evaluate": 1, "report_figures": 1, "all": 1}),
+        ("finetune", "lr", 0.002, {"finetune": 10, "evaluate": 1, "report_figures": 1, "all": 1}),
+        ("pretrain", "seed", 3, {"pretrain": 5, "finetune": 5, "evaluate": 1, "report_figures": 1, "all": 1}),
         ("evaluate", "unassigned_threshold", 0.5, {"evaluate": 1, "report_figures": 1, "all": 1}),
-        ("split", "seed", 1, {"split": 1, "baseline": 5, "evaluate": 1, "report_figures": 1, "all": 1}),
-        ("qc", "min_genes", 150, {"qc": 1, "harmonise": 1, "split": 1, "baseline": 5, "evaluate": 1,
-                                   "report_figures": 1, "all": 1}),
+        ("split", "seed", 1, {"split": 1, "baseline": 5, "pretrain": 5, "finetune": 10, "evaluate": 1,
+                              "report_figures": 1, "all": 1}),
+        ("qc", "min_genes", 150, {"qc": 1, "harmonise": 1, "split": 1, "baseline": 5, "pretrain": 5, "finetune": 10,
+                                   "evaluate": 1, "report_figures": 1, "all": 1}),
     ],
 )
 def test_changing_one_stage_reruns_it_and_what_follows_only(default_run, tmp_path, block, key, value, expected):

@@ -63,6 +63,7 @@ def split_stage(input_h5ad: str, settings: Mapping[str, Any], output_splits: str
     table = splits.stratified_cv(labels.index, labels, settings["n_folds"], settings["val_fraction"],
                                  settings["seed"], source=input_h5ad)
     report = splits.class_report(labels, table, settings["n_folds"])
+    table[splits.FINAL] = splits.final_split(labels.index, labels, settings["val_fraction"], settings["seed"])
     small = sorted(report.loc[report["fewer_cells_than_folds"], "cell_type"].unique())
     if small:
         log.warning("classes with fewer cells than folds (kept; some test folds lack them): %s", ", ".join(small))
@@ -87,10 +88,19 @@ def baseline_stage(method: str, settings: Mapping[str, Any], seed: int, input_h5
     labels = adata.obs["cell_type"].astype(str)
     probabilities, classes = baselines.fit_predict_baseline(
         method, settings, adata[fit_ids].X, labels[fit_ids].to_numpy(), adata[test_ids].X, seed)
-    table = baselines.predictions_table(test_ids, labels[test_ids].to_numpy(), probabilities, classes)
+    table = predictions_table(test_ids, labels[test_ids].to_numpy(), probabilities, classes)
     log.info("%s on %s: %d training cells, %d test cells, accuracy %.3f", method, split, len(fit_ids),
              len(test_ids), float(np.mean(table["true"] == table["predicted"])))
     io.write_tsv(table, output)
+
+
+def predictions_table(cell_ids: pd.Index, y_true: np.ndarray, probabilities: np.ndarray,
+                      classes: np.ndarray) -> pd.DataFrame:
+    """The prediction contract: cell_id, true, predicted, confidence (max class probability)."""
+    best = probabilities.argmax(axis=1)
+    return pd.DataFrame({"cell_id": np.asarray(cell_ids), "true": np.asarray(y_true, dtype=str),
+                         "predicted": np.asarray(classes)[best].astype(str),
+                         "confidence": probabilities[np.arange(len(best)), best]})
 
 
 def parse_prediction_path(path: str) -> tuple[str, str]:

@@ -11,6 +11,7 @@ from sklearn.model_selection import StratifiedKFold
 from sclabel.errors import InputError
 
 TRAIN, VAL, TEST = "train", "val", "test"
+FINAL = "final"
 
 
 def cv_split_names(n_folds: int) -> list[str]:
@@ -56,6 +57,14 @@ def stratified_cv(cell_ids: pd.Index, labels: pd.Series, n_folds: int, val_fract
         roles[carve_validation(train_idx, y, val_fraction, rng)] = VAL
         table[name] = roles
     return table
+
+
+def final_split(cell_ids: pd.Index, labels: pd.Series, val_fraction: float, seed: int) -> pd.Series:
+    """Roles for the model trained on all labelled cells (for annotating new data): train and a validation slice."""
+    y = labels.to_numpy().astype(str)
+    roles = np.full(len(y), TRAIN, dtype=object)
+    roles[carve_validation(np.arange(len(y)), y, val_fraction, np.random.default_rng(seed))] = VAL
+    return pd.Series(roles, index=pd.Index(cell_ids, name="cell_id"), name=FINAL)
 
 
 def class_report(labels: pd.Series, assignments: pd.DataFrame, n_folds: int) -> pd.DataFrame:

@@ -5,7 +5,8 @@ rule baseline:
     output:
         "results/predictions/{method}/{split}.tsv",
     wildcard_constraints:
-        method="|".join(BASELINE_METHODS) or "no-baseline",
+        method=one_of(BASELINE_METHODS),
+        split=r"cv[0-9]+",
     params:
         settings=lambda wildcards: config["baseline"][wildcards.method],
         seed=config["baseline"]["seed"],

@@ -2,7 +2,7 @@ rule download:
     output:
         "results/data/raw/{dataset}.h5ad",
     params:
-        spec=lambda wildcards: config["datasets"][wildcards.dataset],
+        spec=lambda wildcards: dataset_spec(wildcards.dataset),
         settings=config["download"],
         download_dir=lambda wildcards: f"resources/downloads/{wildcards.dataset}",
     log:

@@ -1,0 +1,198 @@
+"""Workflow stages that use torch: self-supervised pretraining, fine-tuning and annotating new data."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import torch
+
+from sclabel import io, qc, splits
+from sclabel.errors import InputError
+from sclabel.model import CellTypeAnnotator, align_genes
+from sclabel.nn.encoders import build_encoder, pick_device
+from sclabel.nn.finetune import FinetuneSettings
+from sclabel.pipeline import predictions_table, read_split
+
+log = logging.getLogger("sclabel")
+PRETRAIN_METHODS = ("kmeans", "masked_bins")
+ENCODERS = ("mlp", "transformer")
+
+
+def parse_method(method: str) -> tuple[str | None, str]:
+    """(pretraining or None, encoder) of a neural method name such as ``kmeans+mlp`` or ``mlp``."""
+    pretrain, _, encoder = method.rpartition("+")
+    if encoder not in ENCODERS or (pretrain and pretrain not in PRETRAIN_METHODS):
+        raise InputError("config", "methods", f"unknown neural method '{method}'",
+                         f"use ENCODER or PRETRAIN+ENCODER with ENCODER in {ENCODERS} and PRETRAIN in "
+                         f"{PRETRAIN_METHODS}")
+    if pretrain == "masked_bins" and encoder != "transformer":
+        raise InputError("config", "methods", f"'{method}': masked_bins pretraining needs the transformer encoder",
+                         "use masked_bins+transformer")
+    return pretrain or None, encoder
+
+
+def split_encoder_settings(hparams: Mapping[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """Encoder constructor settings and the optional gene-vector file used only to initialise weights."""
+    settings = dict(hparams)
+    return settings, settings.pop("gene_embedding_init", None)
+
+
+def new_encoder(kind: str, hparams: Mapping[str, Any], genes: Sequence[str]) -> torch.nn.Module:
+    """A freshly initialised encoder over ``genes`` (gene vectors loaded when the config names a file)."""
+    settings, init_file = split_encoder_settings(hparams)
+    if kind == "transformer" and init_file:
+        from sclabel.nn.transformer import GeneTransformerEncoder
+
+        return GeneTransformerEncoder(n_genes=len(genes), gene_embedding_init=init_file, genes=list(genes),
+                                      **settings)
+    return build_encoder(kind, len(genes), settings)
+
+
+def pretraining_cells(adata: ad.AnnData, roles: pd.Series, settings: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Row indices per dataset that pretraining may use: never the split's test cells unless allowed."""
+    allowed = np.ones(adata.n_obs, dtype=bool)
+    if not settings["use_test_cells"]:
+        test = roles.index[roles == splits.TEST]
+        allowed &= ~adata.obs_names.isin(test)
+    chosen = settings.get("datasets") or list(adata.obs["dataset"].cat.categories)
+    dataset = adata.obs["dataset"].astype(str).to_numpy()
+    return {name: np.flatnonzero(allowed & (dataset == name)) for name in chosen
+            if np.any(allowed & (dataset == name))}
+
+
+def save_encoder(encoder: torch.nn.Module, kind: str, genes: Sequence[str], output: str) -> None:
+    """Write an encoder's weights with its kind, settings and gene list (loadable with weights_only=True)."""
+    payload = {"kind": kind, "hparams": json.dumps(encoder.hparams), "genes": list(genes),
+               "state": {k: v.cpu() for k, v in encoder.state_dict().items()}}
+    with io.atomic_path(output) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_encoder_state(path: str, genes: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Pretrained encoder weights, refusing a file made over other genes."""
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if payload["genes"] != list(genes):
+        raise InputError(path, "genes", "pretrained encoder was made over other genes than the training data",
+                         "rerun the pretrain rule (delete the file) after changing datasets or QC")
+    return payload["state"]
+
+
+def pretrain_stage(pretrain: str, encoder_kind: str, encoder_hparams: Mapping[str, Any],
+                   settings: Mapping[str, Any], input_h5ad: str, splits_file: str, split: str,
+                   output_encoder: str, output_history: str) -> None:
+    """Self-supervised pretraining of an encoder on the cells the split allows; labels are never read."""
+    adata = ad.read_h5ad(input_h5ad)
+    cells = pretraining_cells(adata, read_split(splits_file, split), settings)
+    if not cells:
+        raise InputError(input_h5ad, "pretrain.datasets", f"no cells left for pretraining on split {split}",
+                         "list datasets with cells outside the test split or set pretrain.use_test_cells: true")
+    log.info("pretraining %s+%s on %s", pretrain, encoder_kind, {k: len(v) for k, v in cells.items()})
+    genes = list(adata.var_names)
+    encoder = new_encoder(encoder_kind, encoder_hparams, genes)
+    device = pick_device(settings["device"])
+    method = settings[pretrain]
+    if pretrain == "kmeans":
+        from sclabel.nn.kmeans_pretrain import pretrain_kmeans
+
+        history = pretrain_kmeans({name: adata.X[rows] for name, rows in cells.items()}, encoder,
+                                  cluster_sizes=method["cluster_sizes"], rounds=method["rounds"],
+                                  epochs=method["epochs"], batch_size=method["batch_size"], lr=method["lr"],
+                                  seed=settings["seed"], device=device)
+    else:
+        from sclabel.nn.transformer import pretrain_masked_bins
+
+        rows = np.sort(np.concatenate(list(cells.values())))
+        if method["max_cells"] and len(rows) > method["max_cells"]:
+            rows = np.sort(np.random.default_rng(settings["seed"]).choice(rows, method["max_cells"], replace=False))
+        history = pretrain_masked_bins(encoder, adata.X[rows], epochs=method["epochs"],
+                                       batch_size=method["batch_size"], lr=method["lr"],
+                                       mask_prob=method["mask_prob"], seed=settings["seed"], device=device,
+                                       grad_accum_steps=method["grad_accum_steps"])
+    log.info("pretraining loss per epoch: %s", [round(v, 4) for v in history["loss"]])
+    history["cells"] = {name: adata.obs_names[rows].tolist() for name, rows in cells.items()}
+    io.write_text(json.dumps(history, indent=1, default=str), output_history)
+    save_encoder(encoder, encoder_kind, genes, output_encoder)
+
+
+def checkpoint_folder(root: str, params: Mapping[str, Any]) -> Path:
+    """A checkpoint folder keyed by the run's settings, so a changed config never resumes a stale run."""
+    key = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return Path(root) / key
+
+
+def finetune_settings(settings: Mapping[str, Any]) -> FinetuneSettings:
+    """The fine-tuning loop's settings from the config's finetune block."""
+    fields = FinetuneSettings.__dataclass_fields__
+    return FinetuneSettings(**{key: value for key, value in settings.items() if key in fields})
+
+
+def finetune_stage(method: str, encoder_hparams: Mapping[str, Any], settings: Mapping[str, Any],
+                   preprocessing: Mapping[str, Any], input_h5ad: str, splits_file: str, split: str,
+                   pretrained: str | None, checkpoint_root: str, output_model: str,
+                   output_predictions: str | None) -> None:
+    """Fine-tune a classifier on the split's training cells, stop early on its validation cells, predict its test cells."""
+    _, encoder_kind = parse_method(method)
+    adata = ad.read_h5ad(input_h5ad)
+    roles = read_split(splits_file, split)
+    labels = adata.obs["cell_type"].astype(str)
+    train, val, test = (roles.index[roles == role] for role in (splits.TRAIN, splits.VAL, splits.TEST))
+    if len(val) == 0:
+        raise InputError(splits_file, f"{split} validation cells", "no validation cells for early stopping",
+                         "set split.val_fraction above 0 (e.g. 0.1)")
+    known = set(labels[train])
+    val = val[labels[val].isin(known)]
+    genes = list(adata.var_names)
+    encoder_settings, _ = split_encoder_settings(encoder_hparams)
+    model = CellTypeAnnotator(genes, sorted(known), encoder_kind, encoder_settings,
+                              {"hidden_dims": settings["head_hidden_dims"], "dropout": settings["dropout"]},
+                              preprocessing=dict(preprocessing), config={"method": method, "split": split,
+                                                                         "finetune": dict(settings)})
+    state = (load_encoder_state(pretrained, genes) if pretrained
+             else new_encoder(encoder_kind, encoder_hparams, genes).state_dict())
+    checkpoints = checkpoint_folder(checkpoint_root, {"method": method, "settings": settings, "split": split,
+                                                       "encoder": encoder_hparams, "pretrained": pretrained})
+    history = model.fit(adata[train].X, labels[train], adata[val].X, labels[val], finetune_settings(settings),
+                        seed=settings["seed"], device=settings["device"], checkpoint_dir=checkpoints,
+                        pretrained_encoder_state=state)
+    log.info("%s on %s: best epoch %s, validation macro F1 %.3f (training from epoch %s)", method, split,
+             history["best_epoch"], history["best_val_macro_f1"], history["start_epoch"])
+    model.save(output_model)
+    if output_predictions:
+        probabilities = model.predict_proba(adata[test].X)
+        io.write_tsv(predictions_table(test, labels[test].to_numpy(), probabilities, np.array(model.labels)),
+                     output_predictions)
+    shutil.rmtree(checkpoint_root, ignore_errors=True)
+
+
+def annotate_stage(model_dir: str, query_files: Sequence[str], settings: Mapping[str, Any], target_sum: float,
+                   outputs: Sequence[str], output_summary: str) -> None:
+    """Label each query dataset with a trained model: predicted type, confidence, embedding."""
+    model = CellTypeAnnotator.load(model_dir)
+    rows = []
+    for path, output in zip(query_files, outputs):
+        query = ad.read_h5ad(path)
+        source = query.uns["sclabel"]["source"]
+        normalised = qc.normalise(query.copy(), target_sum)
+        X, overlap = align_genes(normalised, model.genes, settings["min_gene_overlap"], source=source)
+        log.info("%s: %d of %d model genes present (%.0f%%); missing genes are zero-filled", source,
+                 round(overlap * len(model.genes)), len(model.genes), 100 * overlap)
+        predicted, confidence = model.predict(X, settings["threshold"])
+        query.obs["predicted_cell_type"] = pd.Categorical(predicted)
+        query.obs["prediction_confidence"] = confidence
+        query.obsm["X_sclabel"] = model.embed(X)
+        query.uns["sclabel_annotation"] = {"model": str(model_dir), "gene_overlap": overlap,
+                                           "threshold": settings["threshold"], "labels": model.labels}
+        io.write_h5ad(query, output)
+        counts = query.obs["predicted_cell_type"].value_counts()
+        rows += [{"query": Path(output).stem, "predicted_cell_type": label, "cells": int(n),
+                  "fraction": n / query.n_obs, "gene_overlap": overlap} for label, n in counts.items()]
+    io.write_tsv(pd.DataFrame(rows), output_summary)

@@ -1,0 +1,94 @@
+"""Workflow stages around the neural models: method names, pretraining cells, annotation of new data."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from sclabel import splits, training
+from sclabel.errors import InputError
+from workflow_helpers import load_config, snakemake, write_config
+
+
+@pytest.mark.parametrize(("method", "parts"), [("mlp", (None, "mlp")), ("kmeans+mlp", ("kmeans", "mlp")),
+                                                ("masked_bins+transformer", ("masked_bins", "transformer"))])
+def test_method_names(method, parts):
+    assert training.parse_method(method) == parts
+
+
+@pytest.mark.parametrize("method", ["masked_bins+mlp", "kmeans+cnn", "bert"])
+def test_bad_method_names_are_refused(method):
+    with pytest.raises(InputError, match="methods"):
+        training.parse_method(method)
+
+
+def toy_combined() -> tuple[ad.AnnData, pd.Series]:
+    obs = pd.DataFrame({"dataset": pd.Categorical(["a"] * 4 + ["u"] * 2)}, index=[f"c{i}" for i in range(6)])
+    adata = ad.AnnData(X=sp.csr_matrix(np.ones((6, 3), dtype=np.float32)), obs=obs)
+    roles = pd.Series([splits.TRAIN, splits.VAL, splits.TEST, splits.TEST], index=["c0", "c1", "c2", "c3"])
+    return adata, roles
+
+
+def test_pretraining_excludes_test_cells_and_keeps_unlabelled_ones():
+    adata, roles = toy_combined()
+    cells = training.pretraining_cells(adata, roles, {"use_test_cells": False, "datasets": None})
+    assert {k: adata.obs_names[v].tolist() for k, v in cells.items()} == {"a": ["c0", "c1"], "u": ["c4", "c5"]}
+
+
+def test_pretraining_may_use_test_cells_when_allowed_and_listed_datasets_only():
+    adata, roles = toy_combined()
+    cells = training.pretraining_cells(adata, roles, {"use_test_cells": True, "datasets": ["a"]})
+    assert {k: len(v) for k, v in cells.items()} == {"a": 4}
+
+
+@pytest.fixture(scope="module")
+def symphony_annotation(shared_data, tmp_path_factory):
+    """Train an MLP on all Symphony PBMCs and annotate donor A's unlabelled PBMCs and the mouse immune cells."""
+    workdir = tmp_path_factory.mktemp("annotate")
+    config = load_config("pbmc_symphony.yaml")
+    config["datasets"]["pbmc_symphony"]["source"] = str(shared_data / "pbmc_symphony.h5ad")
+    config["methods"] = ["mlp"]
+    config["finetune"] = {"epochs": 15}
+    config["annotate"] = {"method": "mlp", "queries": {
+        "donorA": {"source": str(shared_data / "pbmc_donorA_unlabelled.h5ad"), "values": "counts"}}}
+    snakemake(workdir, write_config(workdir, config), "annotate")
+    return workdir, config
+
+
+def test_annotated_query_has_predictions_confidence_and_embedding(symphony_annotation):
+    workdir, _ = symphony_annotation
+    query = ad.read_h5ad(workdir / "results/annotate/donorA.h5ad")
+    assert query.n_obs == 2896
+    assert query.obsm["X_sclabel"].shape == (2896, 200)
+    confidence = query.obs["prediction_confidence"]
+    assert confidence.between(0, 1).all()
+    predicted = query.obs["predicted_cell_type"].astype(str)
+    assert (predicted[confidence < 0.5] == "unassigned").all() and (predicted[confidence >= 0.5] != "unassigned").all()
+    # a PBMC sample: T cells and monocytes are the commonest predictions, as in the reference
+    top = predicted[predicted != "unassigned"].value_counts().index[:3].tolist()
+    assert {"T_CD4", "Mono_CD14"} & set(top)
+    assert 0.5 < query.uns["sclabel_annotation"]["gene_overlap"] < 1.0
+    summary = pd.read_csv(workdir / "results/annotate/summary.tsv", sep="\t")
+    assert summary["cells"].sum() == 2896
+
+
+def test_annotation_refuses_a_query_with_too_few_model_genes(symphony_annotation, shared_data, tmp_path):
+    workdir, config = symphony_annotation
+    config["annotate"]["queries"] = {"mouse": {"source": str(shared_data / "tm_immune_mouse.h5ad"),
+                                               "label_key": "cell_type"}}
+    result = snakemake(workdir, write_config(tmp_path, config), "annotate", check=False)
+    assert result.returncode != 0
+    log = (workdir / "results/logs/annotate.log").read_text().strip().splitlines()
+    assert "tm_immune_mouse.h5ad: genes: only" in log[-1] and "Fix:" in log[-1]
+    assert not (workdir / "results/annotate/mouse.h5ad").exists()
+
+
+def test_masked_bins_transformer_runs_end_to_end(tmp_path):
+    config = load_config("masked_bins_small.yaml")
+    snakemake(tmp_path, write_config(tmp_path, config))
+    summary = pd.read_csv(tmp_path / "results/benchmark/summary.tsv", sep="\t").set_index(["method", "metric"])
+    assert summary.loc[("masked_bins+transformer", "cohen_kappa"), "n_splits"] == 2
+    assert summary.loc[("masked_bins+transformer", "accuracy"), "mean"] > 240 / 700  # above the majority class

@@ -1,0 +1,25 @@
+rule annotate:
+    input:
+        model=f"results/models/{config['annotate']['method']}/final",
+        queries=expand("results/data/raw/{dataset}.h5ad", dataset=QUERIES),
+    output:
+        annotated=[
+            report(path, category="Annotation", caption="../report/annotate.rst")
+            for path in expand("results/annotate/{query}.h5ad", query=QUERIES)
+        ],
+        summary=report(
+            "results/annotate/summary.tsv",
+            caption="../report/annotate.rst",
+            category="Annotation",
+        ),
+    params:
+        settings=config["annotate"],
+        target_sum=config["qc"]["target_sum"],
+    log:
+        "results/logs/annotate.log",
+    benchmark:
+        "results/benchmarks/annotate.tsv"
+    conda:
+        "../../envs/torch.yaml"
+    script:
+        "../../scripts/annotate.py"

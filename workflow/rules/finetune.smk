@@ -1,0 +1,56 @@
+FINETUNE_PARAMS = {
+    "encoder_hparams": encoder_settings,
+    "settings": {**config["finetune"], "device": torch_device("finetune")},
+    "preprocessing": {"normalisation": "log1p_cp10k", "target_sum": config["qc"]["target_sum"]},
+    "checkpoints": lambda wildcards: f"results/checkpoints/{wildcards.method}/{wildcards.get('split', 'final')}",
+}
+
+
+rule finetune:
+    input:
+        h5ad="results/data/combined.h5ad",
+        splits="results/splits/splits.tsv",
+        pretrained=pretrained_encoder,
+    output:
+        model=directory("results/models/{method}/{split}"),
+        predictions="results/predictions/{method}/{split}.tsv",
+    wildcard_constraints:
+        method=one_of(NEURAL_METHODS),
+        split=r"cv[0-9]+",
+    params:
+        **FINETUNE_PARAMS,
+    resources:
+        gpu=gpu_resource("finetune"),
+    threads: config["finetune"]["threads"]
+    log:
+        "results/logs/finetune/{method}/{split}.log",
+    benchmark:
+        "results/benchmarks/finetune/{method}/{split}.tsv"
+    conda:
+        "../../envs/torch.yaml"
+    script:
+        "../../scripts/finetune.py"
+
+
+rule train_final:
+    input:
+        h5ad="results/data/combined.h5ad",
+        splits="results/splits/splits.tsv",
+        pretrained=pretrained_encoder,
+    output:
+        model=directory("results/models/{method}/final"),
+    wildcard_constraints:
+        method=one_of(NEURAL_METHODS),
+    params:
+        **FINETUNE_PARAMS,
+    resources:
+        gpu=gpu_resource("finetune"),
+    threads: config["finetune"]["threads"]
+    log:
+        "results/logs/finetune/{method}/final.log",
+    benchmark:
+        "results/benchmarks/finetune/{method}/final.tsv"
+    conda:
+        "../../envs/torch.yaml"
+    script:
+        "../../scripts/finetune.py"

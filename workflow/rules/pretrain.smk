@@ -1,0 +1,24 @@
+rule pretrain:
+    input:
+        h5ad="results/data/combined.h5ad",
+        splits="results/splits/splits.tsv",
+    output:
+        encoder="results/pretrain/{pretrain}+{encoder}/{split}/encoder.pt",
+        history="results/pretrain/{pretrain}+{encoder}/{split}/history.json",
+    wildcard_constraints:
+        pretrain="kmeans|masked_bins",
+        encoder="mlp|transformer",
+    params:
+        encoder_hparams=lambda wildcards: config["encoder"][wildcards.encoder],
+        settings={**config["pretrain"], "device": torch_device("pretrain")},
+    resources:
+        gpu=gpu_resource("pretrain"),
+    threads: config["pretrain"]["threads"]
+    log:
+        "results/logs/pretrain/{pretrain}+{encoder}/{split}.log",
+    benchmark:
+        "results/benchmarks/pretrain/{pretrain}+{encoder}/{split}.tsv"
+    conda:
+        "../../envs/torch.yaml"
+    script:
+        "../../scripts/pretrain.py"
