@@ -1,4 +1,8 @@
-"""Classification metrics computed from a confusion matrix (checked against scikit-learn in the tests)."""
+"""Classification metrics computed from a confusion matrix or from ranks (checked against scikit-learn in the tests).
+
+Prediction tables have columns ``true``, ``predicted`` and ``confidence``, and may carry one ``proba:<label>`` column
+per class the model was trained on, holding that class's predicted probability.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 UNASSIGNED = "unassigned"
+PROBA_PREFIX = "proba:"
 
 
 def label_order(y_true: Sequence[str], y_pred: Sequence[str]) -> list[str]:
@@ -72,3 +77,81 @@ def summarise(long: pd.DataFrame) -> pd.DataFrame:
     summary["sd"] = summary["sd"].fillna(0.0)
     summary["mean_sd"] = [f"{m:.3f} ± {s:.3f}" for m, s in zip(summary["mean"], summary["sd"])]
     return summary
+
+
+def probability_columns(table: pd.DataFrame) -> list[str]:
+    """The table's ``proba:<label>`` columns, in table order."""
+    return [column for column in table.columns if str(column).startswith(PROBA_PREFIX)]
+
+
+def rare_classes(train_labels: Sequence[str], rare_fraction: float = 0.05) -> list[str]:
+    """Sorted training classes holding fewer than ``rare_fraction`` of the training cells."""
+    shares = pd.Series(list(map(str, train_labels))).value_counts(normalize=True)
+    return sorted(shares.index[shares < rare_fraction])
+
+
+def auroc(positive: np.ndarray, score: np.ndarray) -> float:
+    """Area under the ROC curve: chance a positive outscores a negative, ties half (Mann-Whitney U)."""
+    ranks = pd.Series(score).rank(method="average").to_numpy()
+    n_positive = int(positive.sum())
+    n_negative = positive.size - n_positive
+    return float((ranks[positive].sum() - n_positive * (n_positive + 1) / 2) / (n_positive * n_negative))
+
+
+def auprc(positive: np.ndarray, score: np.ndarray) -> float:
+    """Average precision: precision at each distinct score threshold, weighted by the recall it adds."""
+    order = np.argsort(-score, kind="stable")
+    ordered = score[order]
+    threshold_ends = np.append(ordered[1:] != ordered[:-1], True)
+    hits = np.cumsum(positive[order])[threshold_ends]
+    precision = hits / (np.flatnonzero(threshold_ends) + 1)
+    return float(np.diff(hits, prepend=0) @ precision / hits[-1])
+
+
+def _mean_or_nan(values: np.ndarray | pd.Series) -> float:
+    """Mean of ``values``; NaN when there are none."""
+    return float(np.mean(values)) if len(values) else float("nan")
+
+
+def ranking_scores(table: pd.DataFrame) -> dict[str, float]:
+    """Macro one-vs-rest AUROC and AUPRC from the ``proba:`` columns, over classes with positives and negatives."""
+    true = table["true"].astype(str).to_numpy()
+    per_class = []
+    for column in probability_columns(table):
+        positive = true == column.removeprefix(PROBA_PREFIX)
+        if 0 < positive.sum() < positive.size:
+            score = table[column].to_numpy(dtype=float)
+            per_class.append((auroc(positive, score), auprc(positive, score)))
+    by_metric = np.array(per_class).reshape(-1, 2).T
+    return {"macro_auroc": _mean_or_nan(by_metric[0]), "macro_auprc": _mean_or_nan(by_metric[1])}
+
+
+def benchmark_scores(table: pd.DataFrame, train_labels: Sequence[str], threshold: float,
+                     rare_fraction: float) -> dict[str, float]:
+    """Benchmark metrics for one prediction table after thresholding at ``threshold``; NaN where undefined.
+
+    ``accuracy``, ``cohen_kappa`` and ``macro_f1`` are ``summary_scores`` over all test cells, so a novel cell (true
+    label absent from ``train_labels``) is always wrong there, even when predicted ``unassigned``.
+    ``macro_f1_test_classes`` averages F1 over the true test labels only; ``rare_accuracy`` and ``rare_f1`` cover
+    the ``rare_classes`` present in the test set. ``known_accuracy`` is exact-match accuracy on known-type cells
+    (``unassigned`` is wrong), ``novel_accuracy`` the share of novel cells predicted ``unassigned`` and
+    ``novel_fraction`` the share of test cells that are novel. ``macro_auroc`` and ``macro_auprc`` are
+    ``ranking_scores`` on known-type cells.
+    """
+    true = table["true"].astype(str)
+    predicted = apply_threshold(table["predicted"], table["confidence"], threshold).astype(str)
+    labels = label_order(true, predicted)
+    per_class = per_class_scores(confusion(true, predicted, labels), labels)
+    tested = per_class[per_class["support"] > 0]
+    rare = rare_classes(train_labels, rare_fraction)
+    is_rare = true.isin(rare)
+    known = true.isin(set(map(str, train_labels)))
+    correct = true == predicted
+    return summary_scores(true, predicted) | {
+        "macro_f1_test_classes": _mean_or_nan(tested["f1"]),
+        "rare_accuracy": _mean_or_nan(correct[is_rare]),
+        "rare_f1": _mean_or_nan(tested.loc[tested["cell_type"].isin(rare), "f1"]),
+        "known_accuracy": _mean_or_nan(correct[known]),
+        "novel_accuracy": _mean_or_nan(predicted[~known] == UNASSIGNED),
+        "novel_fraction": _mean_or_nan(~known),
+    } | ranking_scores(table[known])

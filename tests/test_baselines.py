@@ -1,0 +1,202 @@
+"""Classical baselines: probability contract, skill over the controls, train-only PCA, L1 sparsity, embeddings."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import anndata as ad
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from sklearn.decomposition import PCA
+from sklearn.metrics import f1_score
+from sklearn.model_selection import train_test_split
+from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
+
+from sclabel import baselines
+from sclabel.baselines import BASELINES, EMBEDDING_BASELINES, build_baseline, fit_predict_baseline
+from sclabel.errors import InputError
+
+CONTROLS = ("majority", "random")
+PCA_BASELINES = ("knn_pca", "rf_pca", "svm_pca")
+# saga needs ~1000 iterations to converge here (8 s); 100 give the same sparsity pattern and accuracy in <1 s
+FAST = {"logreg_l1": {"max_iter": 100}}
+pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+
+
+@pytest.fixture(scope="module")
+def pbmc(shared_data):
+    """pbmc_symphony (log1p CP10k, 1,200 cells, 9 classes): stratified 70/30 split and a dense 20-d embedding."""
+    adata = ad.read_h5ad(shared_data / "pbmc_symphony.h5ad")
+    X, y = sp.csr_matrix(adata.X), adata.obs["cell_type"].astype(str).to_numpy()
+    train, test = train_test_split(np.arange(adata.n_obs), test_size=0.3, stratify=y, random_state=0)
+    embedding = PCA(20, svd_solver="arpack", random_state=0).fit_transform(X)  # stands in for a learned embedding
+    return {"X_train": X[train], "X_test": X[test], "y_train": y[train], "y_test": y[test],
+            "E_train": embedding[train], "E_test": embedding[test]}
+
+
+def inputs(data, name):
+    if name in EMBEDDING_BASELINES:
+        return data["E_train"], data["E_test"]
+    return data["X_train"], data["X_test"]
+
+
+@pytest.fixture(scope="module")
+def predictions(pbmc):
+    """Every baseline fitted once on the pbmc training cells: name -> (probabilities, classes)."""
+    out = {}
+    with threadpool_limits(limits=1):
+        for name in BASELINES:
+            X_train, X_test = inputs(pbmc, name)
+            out[name] = fit_predict_baseline(name, FAST.get(name, {}), X_train, pbmc["y_train"], X_test, seed=0)
+    return out
+
+
+def macro_f1(pbmc, probabilities, classes):
+    return f1_score(pbmc["y_test"], classes[probabilities.argmax(axis=1)], average="macro", zero_division=0)
+
+
+@pytest.mark.shared_data
+@pytest.mark.parametrize("name", list(BASELINES))
+def test_probabilities_over_sorted_training_classes(pbmc, predictions, name):
+    probabilities, classes = predictions[name]
+    assert list(pbmc["y_train"]) != sorted(pbmc["y_train"])  # the training order is not already sorted
+    assert list(classes) == sorted(set(pbmc["y_train"]))
+    assert probabilities.shape == (len(pbmc["y_test"]), len(classes))
+    assert (probabilities >= 0).all()
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-6)  # float32 input
+
+
+@pytest.mark.shared_data
+@pytest.mark.parametrize("name", [name for name in BASELINES if name not in CONTROLS])
+def test_classifiers_beat_the_majority_control(pbmc, predictions, name):
+    majority = macro_f1(pbmc, *predictions["majority"])
+    assert majority < 0.1
+    assert macro_f1(pbmc, *predictions[name]) > majority + 0.5
+
+
+@pytest.mark.shared_data
+def test_majority_predicts_only_the_most_frequent_training_class(pbmc, predictions):
+    probabilities, classes = predictions["majority"]
+    most_frequent = Counter(pbmc["y_train"]).most_common(1)[0][0]
+    expected = (classes == most_frequent).astype(float)
+    np.testing.assert_array_equal(probabilities, np.tile(expected, (len(probabilities), 1)))
+
+
+@pytest.mark.shared_data
+def test_random_is_seeded_uniform_over_classes_and_near_chance(pbmc, predictions):
+    probabilities, classes = predictions["random"]
+    again, _ = fit_predict_baseline("random", {}, pbmc["X_train"], pbmc["y_train"], pbmc["X_test"], seed=0)
+    other, _ = fit_predict_baseline("random", {}, pbmc["X_train"], pbmc["y_train"], pbmc["X_test"], seed=1)
+    np.testing.assert_array_equal(probabilities, again)
+    assert (probabilities.argmax(axis=1) != other.argmax(axis=1)).mean() > 0.5
+    assert set(np.unique(probabilities)) == {0.0, 1.0}  # one-hot: the drawn label is the argmax
+    predicted = classes[probabilities.argmax(axis=1)]
+    accuracy = float(np.mean(predicted == pbmc["y_test"]))
+    assert abs(accuracy - 1 / len(classes)) < 0.06 and accuracy < 0.5
+    # uniform over classes, not over cells: the 2-cell HSC class is drawn about as often as the 261-cell T_CD4
+    counts = Counter(predicted)
+    assert min(counts[label] for label in classes) > len(predicted) / len(classes) / 2
+
+
+@pytest.mark.shared_data
+def test_pca_is_fitted_on_training_cells_only(pbmc, predictions):
+    model = build_baseline("knn_pca", {}, seed=0).fit(pbmc["X_train"], pbmc["y_train"])
+    pca = model.named_steps["features"].pca_
+    assert pca.n_components_ == 50
+    np.testing.assert_allclose(pca.mean_, np.asarray(pbmc["X_train"].mean(axis=0)).ravel(), rtol=1e-5, atol=1e-6)
+    # a test cell's probabilities do not depend on which other cells are in the test set
+    subset = np.arange(0, len(pbmc["y_test"]), 3)
+    for name in PCA_BASELINES:
+        alone, _ = fit_predict_baseline(name, {}, pbmc["X_train"], pbmc["y_train"], pbmc["X_test"][subset], seed=0)
+        np.testing.assert_allclose(alone, predictions[name][0][subset], atol=1e-8, err_msg=name)
+
+
+@pytest.mark.shared_data
+def test_pca_components_are_capped_by_the_training_set(pbmc):
+    X, y = pbmc["X_train"][:12], pbmc["y_train"][:12]
+    assert build_baseline("knn_pca", {"n_neighbors": 3}, 0).fit(X, y).named_steps["features"].n_components_ == 11
+    narrow = X[:, :8]
+    assert build_baseline("knn_pca", {"n_neighbors": 3}, 0).fit(narrow, y).named_steps["features"].n_components_ == 7
+    assert build_baseline("knn_pca", {"n_neighbors": 3, "n_components": 5}, 0).fit(X, y)[0].n_components_ == 5
+
+
+@pytest.mark.shared_data
+def test_l1_gives_sparser_coefficients_than_l2_at_the_same_c(pbmc):
+    X, y = pbmc["X_train"], pbmc["y_train"]
+    l2 = build_baseline("logreg", {"C": 1.0}, 0).fit(X, y)[-1].coef_
+    l1 = build_baseline("logreg_l1", {"C": 1.0, "max_iter": 100}, 0).fit(X, y)[-1].coef_
+    assert np.mean(l2 == 0) < 0.1
+    assert np.mean(l1 == 0) > 0.5
+    # the existing logreg still honours its penalty setting, through the same builder
+    model = build_baseline("logreg", {"penalty": "l1"}, 0)[-1]
+    assert (model.solver, model.l1_ratio) == ("saga", 1.0)
+    assert build_baseline("logreg", {}, 0)[-1].l1_ratio == 0.0
+
+
+@pytest.mark.shared_data
+def test_embedding_baselines_standardise_a_dense_embedding(pbmc, predictions):
+    for name in EMBEDDING_BASELINES:
+        assert isinstance(build_baseline(name, {}, 0)[0], StandardScaler), name
+    # a rescaled embedding dimension changes nothing once standardised (kNN distances would change otherwise)
+    stretched = np.array([1000.0] + [1.0] * (pbmc["E_train"].shape[1] - 1))
+    rescaled, _ = fit_predict_baseline("knn_embedding", {}, pbmc["E_train"] * stretched, pbmc["y_train"],
+                                       pbmc["E_test"] * stretched, seed=0)
+    np.testing.assert_allclose(rescaled, predictions["knn_embedding"][0], atol=1e-8)
+    with pytest.raises(InputError, match="dense embedding"):
+        fit_predict_baseline("knn_embedding", {}, pbmc["X_train"], pbmc["y_train"], pbmc["X_test"], seed=0)
+
+
+@pytest.fixture
+def rare_classes():
+    """Synthetic sparse expression with a 1-cell and a 2-cell training class (rarer than the SVM's 5 folds)."""
+    rng = np.random.default_rng(0)
+    y_train = np.array(["a"] * 40 + ["b"] * 30 + ["c"] * 2 + ["d"] * 1)
+    y_test = np.array(["a", "b", "c", "d"] * 3)
+    centres = {label: rng.gamma(1.0, 1.0, size=30) for label in "abcd"}
+
+    def cells(labels):
+        dense = np.stack([rng.poisson(centres[label]) for label in labels]).astype(np.float32)
+        return sp.csr_matrix(np.log1p(dense))
+
+    return cells(y_train), y_train, cells(y_test)
+
+
+@pytest.mark.parametrize("name", list(BASELINES))
+def test_every_baseline_handles_classes_rarer_than_the_folds(rare_classes, name):
+    X_train, y_train, X_test = rare_classes
+    if name in EMBEDDING_BASELINES:
+        X_train, X_test = X_train.toarray(), X_test.toarray()
+    settings = {"n_neighbors": 5} if name.startswith("knn") else FAST.get(name, {})
+    probabilities, classes = fit_predict_baseline(name, settings, X_train, y_train, X_test, seed=0)
+    assert list(classes) == ["a", "b", "c", "d"]
+    assert probabilities.shape == (X_test.shape[0], 4)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-6)  # float32 input
+    again, _ = fit_predict_baseline(name, settings, X_train, y_train, X_test, seed=0)
+    np.testing.assert_array_equal(probabilities, again)
+
+
+def test_seed_changes_the_random_forest(rare_classes):
+    X_train, y_train, X_test = rare_classes
+    first, _ = fit_predict_baseline("rf_pca", {"n_estimators": 20}, X_train, y_train, X_test, seed=0)
+    second, _ = fit_predict_baseline("rf_pca", {"n_estimators": 20}, X_train, y_train, X_test, seed=1)
+    assert not np.allclose(first, second)
+
+
+def test_unknown_baseline_or_setting_is_a_one_line_input_error(rare_classes):
+    X_train, y_train, X_test = rare_classes
+    with pytest.raises(InputError, match="unknown baseline 'xgboost'") as error:
+        fit_predict_baseline("xgboost", {}, X_train, y_train, X_test, seed=0)
+    assert "\n" not in str(error.value) and "logreg_l1" in str(error.value)
+    with pytest.raises(InputError, match=r"baseline\.knn_pca\.k: unknown setting") as error:
+        fit_predict_baseline("knn_pca", {"k": 5}, X_train, y_train, X_test, seed=0)
+    assert "\n" not in str(error.value) and "n_neighbors" in str(error.value)
+    with pytest.raises(InputError, match="penalty"):
+        fit_predict_baseline("logreg_l1", {"penalty": "l2"}, X_train, y_train, X_test, seed=0)
+
+
+def test_registry_names():
+    assert set(EMBEDDING_BASELINES) <= set(BASELINES)
+    assert set(BASELINES) == {"logreg", "logreg_l1", *PCA_BASELINES, *EMBEDDING_BASELINES, *CONTROLS}
+    assert baselines.BASELINES["logreg"].defaults["penalty"] == "l2"
