@@ -26,6 +26,7 @@ rule all:
     input:
         "results/benchmark/summary.tsv",
         "results/report/kappa.png",
+        "results/report/per_class_f1.png",
         expand("results/report/confusion/{method}.png", method=METHODS),
         "results/annotate/summary.tsv" if QUERIES else [],
     default_target: True

@@ -5,7 +5,7 @@ from sclabel.runner import run_step
 
 
 def main(sm) -> None:
-    evaluate_stage(list(sm.input), sm.params.settings, sm.output.metrics, sm.output.summary, sm.output.per_class,
+    evaluate_stage(list(sm.input.predictions), sm.input.class_counts, sm.params.settings, sm.output.metrics, sm.output.summary, sm.output.per_class,
                    sm.output.confusion)
 
 

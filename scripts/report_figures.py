@@ -5,8 +5,8 @@ from sclabel.runner import run_step
 
 
 def main(sm) -> None:
-    report_stage(sm.input.metrics, sm.input.confusion, sm.params.methods, sm.params.settings["dpi"],
-                 sm.output.kappa, list(sm.output.confusions))
+    report_stage(sm.input.metrics, sm.input.confusion, sm.input.per_class, sm.params.methods,
+                 sm.params.settings["dpi"], sm.output.kappa, sm.output.per_class, list(sm.output.confusions))
 
 
 run_step(snakemake, main)  # noqa: F821 (injected by Snakemake)

@@ -91,4 +91,6 @@ def test_masked_bins_transformer_runs_end_to_end(tmp_path):
     snakemake(tmp_path, write_config(tmp_path, config))
     summary = pd.read_csv(tmp_path / "results/benchmark/summary.tsv", sep="\t").set_index(["method", "metric"])
     assert summary.loc[("masked_bins+transformer", "cohen_kappa"), "n_splits"] == 2
-    assert summary.loc[("masked_bins+transformer", "accuracy"), "mean"] > 240 / 700  # above the majority class
+    # it learns: the majority-class control has kappa 0 and macro F1 0.05 on these data
+    assert summary.loc[("masked_bins+transformer", "cohen_kappa"), "mean"] > 0.2
+    assert summary.loc[("masked_bins+transformer", "macro_f1"), "mean"] > 0.15

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import copy
 import json
 import subprocess
@@ -72,6 +73,18 @@ def test_pretraining_is_per_split_and_loss_falls(default_run):
         assert len(pretrained_on) == 560 and pretrained_on.isdisjoint(test_cells)
 
 
+@pytest.mark.parametrize("method", ["mlp", "kmeans+mlp"])
+def test_rerunning_a_neural_job_gives_identical_predictions(default_run, method):
+    workdir, configfile = default_run
+    target = f"results/predictions/{method}/cv2.tsv"
+    before = (workdir / target).read_bytes()
+    log = workdir / f"results/logs/finetune/{method}/cv2.log"
+    written = log.stat().st_mtime_ns
+    snakemake(workdir, configfile, "--forcerun", target, "--allowed-rules", "finetune", "--", target)
+    assert log.stat().st_mtime_ns > written  # the job really ran again
+    assert (workdir / target).read_bytes() == before
+
+
 def test_report_renders(default_run):
     workdir, configfile = default_run
     snakemake(workdir, configfile, "--report", str(workdir / "report.html"))
@@ -140,3 +153,13 @@ def test_pbmc_symphony_config(shared_data, tmp_path):
     assert summary.loc[("logreg", "cohen_kappa"), "n_splits"] == 5
     classes = pd.read_csv(tmp_path / "results/splits/class_counts.tsv", sep="\t")
     assert set(classes.loc[classes["fewer_cells_than_folds"], "cell_type"]) == {"HSC"}
+
+
+def test_rule_baseline_lists_match_the_registry():
+    from sclabel.baselines import BASELINES, EMBEDDING_BASELINES
+
+    text = (REPO_ROOT / "workflow/rules/common.smk").read_text()
+    lists = {name: ast.literal_eval(text.split(f"{name} = ", 1)[1].split("\n", 1)[0])
+             for name in ("EMBEDDING_BASELINES", "PLAIN_BASELINES")}
+    assert lists["EMBEDDING_BASELINES"] == list(EMBEDDING_BASELINES)
+    assert sorted(lists["PLAIN_BASELINES"] + lists["EMBEDDING_BASELINES"]) == sorted(BASELINES)

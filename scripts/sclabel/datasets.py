@@ -7,7 +7,7 @@ unlabelled datasets), ``obs['dataset']``, ``obs['batch']`` and, when configured,
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -160,9 +160,22 @@ def label_column(adata: ad.AnnData, label_key: str, source: str) -> pd.Series:
     return labels.astype(str)
 
 
+def filter_cells(adata: ad.AnnData, obs_filter: Mapping[str, Sequence[str]], source: str) -> ad.AnnData:
+    """Keep the cells whose obs columns hold one of the allowed values (e.g. ``{species: [human]}``)."""
+    keep = np.ones(adata.n_obs, dtype=bool)
+    for column, allowed in obs_filter.items():
+        if column not in adata.obs:
+            raise InputError(source, f"obs['{column}']", "obs_filter column not found",
+                             f"use one of: {', '.join(map(str, adata.obs.columns))}")
+        keep &= adata.obs[column].astype(str).isin([str(value) for value in allowed]).to_numpy()
+    return adata[keep].copy()
+
+
 def standardise(adata: ad.AnnData, spec: Mapping[str, Any], name: str, source: str) -> ad.AnnData:
     """Convert a freshly read dataset into the standard form described in this module."""
     values = spec.get("values", "counts")
+    if spec.get("obs_filter"):
+        adata = filter_cells(adata, spec["obs_filter"], source)
     adata.var_names = adata.var_names.astype(str).str.strip()
     adata.var_names_make_unique()
     adata.obs_names = adata.obs_names.astype(str)
@@ -175,7 +188,8 @@ def standardise(adata: ad.AnnData, spec: Mapping[str, Any], name: str, source: s
     standard = ad.AnnData(X=matrix, obs=adata.obs.copy(), var=pd.DataFrame(index=adata.var_names))
     check_matrix(standard, source, values)
     if spec.get("label_key"):
-        standard.obs["cell_type"] = pd.Categorical(label_column(adata, spec["label_key"], source))
+        labels = label_column(adata, spec["label_key"], source)
+        standard.obs["cell_type"] = pd.Categorical(labels.replace(dict(spec.get("label_map") or {})))
     standard.obs["dataset"] = pd.Categorical([name] * adata.n_obs)
     batch = adata.obs[spec["batch_key"]].astype(str).to_numpy() if spec.get("batch_key") else [name] * adata.n_obs
     standard.obs["batch"] = pd.Categorical(batch)

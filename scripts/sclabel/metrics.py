@@ -71,8 +71,9 @@ def confusion_long(matrix: np.ndarray, labels: Sequence[str]) -> pd.DataFrame:
 
 
 def summarise(long: pd.DataFrame) -> pd.DataFrame:
-    """Mean, standard deviation (ddof=1) and count of each metric over splits, per method."""
-    grouped = long.groupby(["method", "metric"])["value"]
+    """Mean, standard deviation (ddof=1) and count of each metric over splits, per method (and scheme when given)."""
+    keys = ["method", "scheme", "metric"] if "scheme" in long else ["method", "metric"]
+    grouped = long.groupby(keys)["value"]
     summary = grouped.agg(mean="mean", sd="std", n_splits="count").reset_index()
     summary["sd"] = summary["sd"].fillna(0.0)
     summary["mean_sd"] = [f"{m:.3f} ± {s:.3f}" for m, s in zip(summary["mean"], summary["sd"])]

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from sclabel.errors import InputError
+from sclabel.qc import gene_selector
 from sclabel.nn.encoders import Matrix, build_encoder, pick_device, predict_batches, seed_everything
 from sclabel.nn.finetune import ClassifierHead, FinetuneSettings, fit_classifier
 
@@ -33,19 +34,13 @@ def align_genes(data: ad.AnnData | tuple[Matrix, Sequence[str]], model_genes: Se
     InputError naming ``source`` when that fraction is below ``min_overlap``.
     """
     X, genes = (data.X, data.var_names) if isinstance(data, ad.AnnData) else data
-    position: dict[str, int] = {}
-    for j, gene in enumerate(genes):
-        position.setdefault(str(gene), j)
-    found = np.array([(position[gene], i) for i, gene in enumerate(model_genes) if gene in position],
-                     dtype=np.int64).reshape(-1, 2)
-    overlap = len(found) / len(model_genes)
+    selector, found = gene_selector(genes, model_genes)
+    overlap = found / len(model_genes)
     if overlap < min_overlap:
-        raise InputError(source, "genes", f"only {len(found)} of {len(model_genes)} model genes ({overlap:.0%}) "
+        raise InputError(source, "genes", f"only {found} of {len(model_genes)} model genes ({overlap:.0%}) "
                          f"are present, below the minimum {min_overlap:.0%}",
                          "use data with the model's gene symbols (same species and naming) or a model "
                          "trained on these genes")
-    selector = sp.csr_matrix((np.ones(len(found), dtype=np.float32), (found[:, 0], found[:, 1])),
-                             shape=(len(genes), len(model_genes)))
     aligned = X @ selector
     aligned = sp.csr_matrix(aligned, dtype=np.float32) if sp.issparse(aligned) else np.asarray(aligned, np.float32)
     return aligned, overlap

@@ -60,8 +60,14 @@ def split_stage(input_h5ad: str, settings: Mapping[str, Any], output_splits: str
     """Write each split's role (train / val / test) for every labelled cell, and the class counts per split."""
     adata = ad.read_h5ad(input_h5ad, backed="r")
     labels = labelled_cells(adata)
-    table = splits.stratified_cv(labels.index, labels, settings["n_folds"], settings["val_fraction"],
-                                 settings["seed"], source=input_h5ad)
+    if settings["scheme"] == "cv":
+        table = splits.stratified_cv(labels.index, labels, settings["n_folds"], settings["val_fraction"],
+                                     settings["seed"], source=input_h5ad)
+    else:
+        groups = adata.obs.loc[labels.index, settings["lodo_key"]].astype(str)
+        holdout = settings["holdout"] or sorted(groups.unique())
+        table = splits.leave_one_group_out(labels.index, labels, groups, holdout, settings["val_fraction"],
+                                           settings["seed"], source=input_h5ad)
     report = splits.class_report(labels, table, settings["n_folds"])
     table[splits.FINAL] = splits.final_split(labels.index, labels, settings["val_fraction"], settings["seed"])
     small = sorted(report.loc[report["fewer_cells_than_folds"], "cell_type"].unique())
@@ -78,29 +84,38 @@ def read_split(splits_file: str, split: str) -> pd.Series:
     return roles.dropna()
 
 
-def baseline_stage(method: str, settings: Mapping[str, Any], seed: int, input_h5ad: str, splits_file: str,
-                   split: str, output: str) -> None:
-    """Train a classical baseline on the split's training cells (train + val) and predict its test cells."""
-    adata = ad.read_h5ad(input_h5ad)
-    roles = read_split(splits_file, split)
+def baseline_on_features(method: str, settings: Mapping[str, Any], seed: int, features: Any, cell_ids: pd.Index,
+                         labels: pd.Series, roles: pd.Series, output: str) -> None:
+    """Fit a baseline on the split's train + val cells of ``features`` (rows = ``cell_ids``) and predict its test cells."""
+    row = pd.Series(np.arange(len(cell_ids)), index=cell_ids)
     fit_ids = roles.index[roles.isin([splits.TRAIN, splits.VAL])]
     test_ids = roles.index[roles == splits.TEST]
-    labels = adata.obs["cell_type"].astype(str)
     probabilities, classes = baselines.fit_predict_baseline(
-        method, settings, adata[fit_ids].X, labels[fit_ids].to_numpy(), adata[test_ids].X, seed)
+        method, settings, features[row[fit_ids].to_numpy()], labels[fit_ids].to_numpy(),
+        features[row[test_ids].to_numpy()], seed)
     table = predictions_table(test_ids, labels[test_ids].to_numpy(), probabilities, classes)
-    log.info("%s on %s: %d training cells, %d test cells, accuracy %.3f", method, split, len(fit_ids),
-             len(test_ids), float(np.mean(table["true"] == table["predicted"])))
+    log.info("%s: %d training cells, %d test cells, accuracy %.3f", method, len(fit_ids), len(test_ids),
+             float(np.mean(table["true"] == table["predicted"])))
     io.write_tsv(table, output)
+
+
+def baseline_stage(method: str, settings: Mapping[str, Any], seed: int, input_h5ad: str, splits_file: str,
+                   split: str, output: str) -> None:
+    """Train a classical baseline on the normalised matrix of the split's training cells; predict its test cells."""
+    adata = ad.read_h5ad(input_h5ad)
+    baseline_on_features(method, settings, seed, adata.X, adata.obs_names, adata.obs["cell_type"].astype(str),
+                         read_split(splits_file, split), output)
 
 
 def predictions_table(cell_ids: pd.Index, y_true: np.ndarray, probabilities: np.ndarray,
                       classes: np.ndarray) -> pd.DataFrame:
-    """The prediction contract: cell_id, true, predicted, confidence (max class probability)."""
+    """The prediction contract: cell_id, true, predicted, confidence (max class probability), then proba:<class>."""
     best = probabilities.argmax(axis=1)
-    return pd.DataFrame({"cell_id": np.asarray(cell_ids), "true": np.asarray(y_true, dtype=str),
-                         "predicted": np.asarray(classes)[best].astype(str),
-                         "confidence": probabilities[np.arange(len(best)), best]})
+    table = pd.DataFrame({"cell_id": np.asarray(cell_ids), "true": np.asarray(y_true, dtype=str),
+                          "predicted": np.asarray(classes)[best].astype(str),
+                          "confidence": probabilities[np.arange(len(best)), best]})
+    columns = pd.DataFrame(probabilities, columns=[f"{metrics.PROBA_PREFIX}{c}" for c in classes], index=table.index)
+    return pd.concat([table, columns], axis=1)
 
 
 def parse_prediction_path(path: str) -> tuple[str, str]:
@@ -109,23 +124,36 @@ def parse_prediction_path(path: str) -> tuple[str, str]:
     return file.parent.name, file.stem
 
 
-def evaluate_stage(prediction_files: Sequence[str], settings: Mapping[str, Any], output_metrics: str,
-                   output_summary: str, output_per_class: str, output_confusion: str) -> None:
+def training_labels(class_counts: pd.DataFrame, split: str) -> list[str]:
+    """The labels of a split's training cells (train + validation), rebuilt from the class-count table."""
+    rows = class_counts[class_counts["split"] == split]
+    return list(np.repeat(rows["cell_type"].astype(str).to_numpy(), (rows["train"] + rows["val"]).to_numpy()))
+
+
+def split_scheme(split: str) -> str:
+    """``cv`` or ``lodo`` from a split name."""
+    return "lodo" if split.startswith("lodo_") else "cv"
+
+
+def evaluate_stage(prediction_files: Sequence[str], class_counts_file: str, settings: Mapping[str, Any],
+                   output_metrics: str, output_summary: str, output_per_class: str, output_confusion: str) -> None:
     """Score every method × split; write long metrics, mean ± sd summary, per-class scores and confusion counts."""
+    class_counts = pd.read_csv(class_counts_file, sep="\t", dtype={"cell_type": str})
     metric_rows, class_rows, confusion_rows = [], [], []
     for path in prediction_files:
         method, split = parse_prediction_path(path)
         table = pd.read_csv(path, sep="\t", dtype={"cell_id": str, "true": str, "predicted": str})
+        scores = metrics.benchmark_scores(table, training_labels(class_counts, split),
+                                          settings["unassigned_threshold"], settings["rare_fraction"])
+        metric_rows += [{"method": method, "split": split, "metric": metric, "value": value}
+                        for metric, value in scores.items() if np.isfinite(value)]
         predicted = metrics.apply_threshold(table["predicted"], table["confidence"], settings["unassigned_threshold"])
-        for metric, value in metrics.summary_scores(table["true"], predicted).items():
-            metric_rows.append({"method": method, "split": split, "metric": metric, "value": value})
         labels = metrics.label_order(table["true"], predicted)
         matrix = metrics.confusion(table["true"], predicted, labels)
-        per_class = metrics.per_class_scores(matrix, labels).assign(method=method, split=split)
-        class_rows.append(per_class)
+        class_rows.append(metrics.per_class_scores(matrix, labels).assign(method=method, split=split))
         confusion_rows.append(metrics.confusion_long(matrix, labels).assign(method=method, split=split))
     long = pd.DataFrame(metric_rows)
     io.write_tsv(long, output_metrics)
-    io.write_tsv(metrics.summarise(long), output_summary)
+    io.write_tsv(metrics.summarise(long.assign(scheme=long["split"].map(split_scheme))), output_summary)
     io.write_tsv(pd.concat(class_rows, ignore_index=True), output_per_class)
     io.write_tsv(pd.concat(confusion_rows, ignore_index=True), output_confusion)

@@ -59,10 +59,29 @@ def kappa_figure(metrics_long: pd.DataFrame) -> plt.Figure:
     return fig
 
 
-def report_stage(metrics_file: str, confusion_file: str, methods: list[str], dpi: int, output_kappa: str,
-                 output_confusions: list[str]) -> None:
-    """Draw the kappa overview and one confusion matrix per method."""
+def per_class_f1_figure(per_class: pd.DataFrame) -> plt.Figure:
+    """Heatmap of each method's F1 per true cell type, averaged over the splits where the type was tested."""
+    tested = per_class[per_class["support"] > 0]
+    matrix = tested.pivot_table(index="method", columns="cell_type", values="f1", aggfunc="mean")
+    fig, ax = plt.subplots(figsize=(2.5 + 0.6 * matrix.shape[1], 1.5 + 0.4 * matrix.shape[0]))
+    image = ax.imshow(matrix.to_numpy(), cmap="viridis", vmin=0, vmax=1, aspect="auto")
+    ax.set_xticks(range(matrix.shape[1]), matrix.columns, rotation=60, ha="right")
+    ax.set_yticks(range(matrix.shape[0]), matrix.index)
+    for (row, col), value in np.ndenumerate(matrix.to_numpy()):
+        if np.isfinite(value):
+            ax.text(col, row, f"{value:.2f}", ha="center", va="center", fontsize=7,
+                    color="black" if value > 0.6 else "white")
+    fig.colorbar(image, ax=ax, fraction=0.046, label="F1 (mean over splits)")
+    ax.set_title("Per-class F1")
+    return fig
+
+
+def report_stage(metrics_file: str, confusion_file: str, per_class_file: str, methods: list[str], dpi: int,
+                 output_kappa: str, output_per_class: str, output_confusions: list[str]) -> None:
+    """Draw the kappa overview, the per-class F1 heatmap and one confusion matrix per method."""
     save_figure(kappa_figure(pd.read_csv(metrics_file, sep="\t")), output_kappa, dpi)
+    save_figure(per_class_f1_figure(pd.read_csv(per_class_file, sep="\t", dtype={"cell_type": str})),
+                output_per_class, dpi)
     confusion = pd.read_csv(confusion_file, sep="\t", dtype={"true": str, "predicted": str})
     for method, output in zip(methods, output_confusions):
         subset = confusion[confusion["method"] == method]

@@ -87,19 +87,49 @@ def harmonise_gene_names(names: pd.Index, case: str) -> pd.Index:
     return names.str.upper() if case == "upper" else names
 
 
+def gene_selector(genes: Sequence[str], targets: Sequence[str]) -> tuple[sp.csr_matrix, int]:
+    """Sparse 0/1 matrix mapping columns named ``genes`` onto ``targets`` (first match wins), and how many matched."""
+    position: dict[str, int] = {}
+    for j, gene in enumerate(genes):
+        position.setdefault(str(gene), j)
+    pairs = np.array([(position[g], i) for i, g in enumerate(targets) if g in position], dtype=np.int64).reshape(-1, 2)
+    selector = sp.csr_matrix((np.ones(len(pairs), dtype=np.float32), (pairs[:, 0], pairs[:, 1])),
+                             shape=(len(genes), len(targets)))
+    return selector, len(pairs)
+
+
+def zero_filled(adata: ad.AnnData, genes: Sequence[str]) -> ad.AnnData:
+    """``adata`` restricted and reordered to ``genes``, zero columns for genes it lacks (stays sparse)."""
+    selector, _ = gene_selector(adata.var_names, genes)
+    layers = {key: sp.csr_matrix(layer @ selector) for key, layer in adata.layers.items()}
+    return ad.AnnData(X=sp.csr_matrix(adata.X @ selector), obs=adata.obs, var=pd.DataFrame(index=list(genes)),
+                      layers=layers, uns=adata.uns)
+
+
+def combined_genes(datasets: Sequence[ad.AnnData], labelled: Sequence[ad.AnnData], join: str) -> list[str]:
+    """Genes of the combined data, in the first dataset's order: shared by all, by the labelled ones, or all."""
+    pool = labelled if join == "labelled" else datasets
+    if join == "outer":
+        return list(dict.fromkeys(g for a in datasets for g in a.var_names))
+    shared = set.intersection(*(set(a.var_names) for a in pool))
+    return [g for g in pool[0].var_names if g in shared]
+
+
 def combine(datasets: Sequence[ad.AnnData], join: str, case: str, names: Sequence[str]) -> tuple[ad.AnnData, pd.DataFrame]:
-    """Concatenate normalised datasets on shared genes (``inner``) or all genes zero-filled (``outer``)."""
+    """Concatenate normalised datasets on shared genes (``inner``), all genes (``outer``) or the labelled ones' genes."""
     renamed = []
     for adata in datasets:
         adata = adata.copy()
         adata.var_names = harmonise_gene_names(adata.var_names, case)
         adata.var_names_make_unique()
         renamed.append(adata)
-    shared = set.intersection(*(set(a.var_names) for a in renamed))
-    if join == "inner" and not shared:
+    labelled = [a for a in renamed if "cell_type" in a.obs] or renamed
+    genes = combined_genes(renamed, labelled, join)
+    if not genes:
         raise InputError(", ".join(names), "var_names", "the datasets share no gene names",
                          "check gene naming (symbols vs Ensembl ids) or set harmonise.case: upper for mouse/human")
-    combined = ad.concat(renamed, join=join, merge="same", fill_value=0, index_unique=None)
+    # every dataset is put on the same genes first, so obs columns (labels!) are joined as a union
+    combined = ad.concat([zero_filled(a, genes) for a in renamed], join="outer", merge="same", index_unique=None)
     if combined.obs_names.duplicated().any():
         combined.obs_names = [f"{d}:{c}" for d, c in zip(combined.obs["dataset"], combined.obs_names)]
     combined.X = sp.csr_matrix(combined.X, dtype=np.float32)
@@ -110,5 +140,5 @@ def combine(datasets: Sequence[ad.AnnData], join: str, case: str, names: Sequenc
         "genes_in_combined": [len(set(a.var_names) & set(combined.var_names)) for a in renamed],
         "genes_zero_filled": [combined.n_vars - len(set(a.var_names) & set(combined.var_names)) for a in renamed],
     })
-    combined.uns["sclabel"] = {"gene_join": join, "n_shared_genes": len(shared), "datasets": list(names)}
+    combined.uns["sclabel"] = {"gene_join": join, "n_genes": len(genes), "datasets": list(names)}
     return combined, report

@@ -59,6 +59,35 @@ def stratified_cv(cell_ids: pd.Index, labels: pd.Series, n_folds: int, val_fract
     return table
 
 
+def lodo_split_name(group: str) -> str:
+    """Name of the split that holds out ``group``."""
+    return f"lodo_{group}"
+
+
+def leave_one_group_out(cell_ids: pd.Index, labels: pd.Series, groups: pd.Series, holdout: list[str],
+                        val_fraction: float, seed: int, source: str = "labels") -> pd.DataFrame:
+    """One column per held-out group (lodo_<group>): its cells are test, the others train plus a validation slice."""
+    check_labels(labels, source, 1)
+    y = labels.to_numpy().astype(str)
+    group_of = groups.to_numpy().astype(str)
+    missing = sorted(set(holdout) - set(group_of))
+    if missing:
+        raise InputError(source, "split.holdout", f"no labelled cells in group(s) {', '.join(missing)}",
+                         f"hold out some of: {', '.join(sorted(set(group_of)))}")
+    rng = np.random.default_rng(seed)
+    table = pd.DataFrame(index=pd.Index(cell_ids, name="cell_id"))
+    for group in holdout:
+        roles = np.full(len(y), TRAIN, dtype=object)
+        held_out = group_of == group
+        roles[held_out] = TEST
+        if len(np.unique(y[~held_out])) < 2:
+            raise InputError(source, "split.holdout", f"holding out {group} leaves fewer than two training classes",
+                             "add datasets or hold out other groups")
+        roles[carve_validation(np.flatnonzero(~held_out), y, val_fraction, rng)] = VAL
+        table[lodo_split_name(group)] = roles
+    return table
+
+
 def final_split(cell_ids: pd.Index, labels: pd.Series, val_fraction: float, seed: int) -> pd.Series:
     """Roles for the model trained on all labelled cells (for annotating new data): train and a validation slice."""
     y = labels.to_numpy().astype(str)

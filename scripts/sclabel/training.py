@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import shutil
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,11 +19,12 @@ import torch
 from sclabel import io, qc, splits
 from sclabel.errors import InputError
 from sclabel.model import CellTypeAnnotator, align_genes
-from sclabel.nn.encoders import build_encoder, pick_device
+from sclabel.nn.encoders import build_encoder, pick_device, predict_batches, seed_everything
 from sclabel.nn.finetune import FinetuneSettings
-from sclabel.pipeline import predictions_table, read_split
+from sclabel.pipeline import baseline_on_features, predictions_table, read_split
 
 log = logging.getLogger("sclabel")
+PROGRESS = sys.stderr.isatty()  # progress bars on a terminal, not in cluster log files
 PRETRAIN_METHODS = ("kmeans", "masked_bins")
 ENCODERS = ("mlp", "transformer")
 
@@ -57,6 +59,15 @@ def new_encoder(kind: str, hparams: Mapping[str, Any], genes: Sequence[str]) -> 
     return build_encoder(kind, len(genes), settings)
 
 
+def initial_encoder_state(kind: str, hparams: Mapping[str, Any], genes: Sequence[str],
+                          seed: int) -> dict[str, torch.Tensor] | None:
+    """Seeded starting weights when gene vectors initialise the encoder; None lets the model initialise itself."""
+    if not split_encoder_settings(hparams)[1]:
+        return None
+    seed_everything(seed)
+    return new_encoder(kind, hparams, genes).state_dict()
+
+
 def pretraining_cells(adata: ad.AnnData, roles: pd.Series, settings: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """Row indices per dataset that pretraining may use: never the split's test cells unless allowed."""
     allowed = np.ones(adata.n_obs, dtype=bool)
@@ -75,6 +86,14 @@ def save_encoder(encoder: torch.nn.Module, kind: str, genes: Sequence[str], outp
                "state": {k: v.cpu() for k, v in encoder.state_dict().items()}}
     with io.atomic_path(output) as tmp:
         torch.save(payload, tmp)
+
+
+def load_encoder(path: str, genes: Sequence[str]) -> torch.nn.Module:
+    """A pretrained encoder rebuilt from its file, in eval mode."""
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    encoder = build_encoder(payload["kind"], len(genes), json.loads(payload["hparams"]))
+    encoder.load_state_dict(load_encoder_state(path, genes))
+    return encoder.eval()
 
 
 def load_encoder_state(path: str, genes: Sequence[str]) -> dict[str, torch.Tensor]:
@@ -97,6 +116,7 @@ def pretrain_stage(pretrain: str, encoder_kind: str, encoder_hparams: Mapping[st
                          "list datasets with cells outside the test split or set pretrain.use_test_cells: true")
     log.info("pretraining %s+%s on %s", pretrain, encoder_kind, {k: len(v) for k, v in cells.items()})
     genes = list(adata.var_names)
+    seed_everything(settings["seed"])
     encoder = new_encoder(encoder_kind, encoder_hparams, genes)
     device = pick_device(settings["device"])
     method = settings[pretrain]
@@ -106,7 +126,7 @@ def pretrain_stage(pretrain: str, encoder_kind: str, encoder_hparams: Mapping[st
         history = pretrain_kmeans({name: adata.X[rows] for name, rows in cells.items()}, encoder,
                                   cluster_sizes=method["cluster_sizes"], rounds=method["rounds"],
                                   epochs=method["epochs"], batch_size=method["batch_size"], lr=method["lr"],
-                                  seed=settings["seed"], device=device)
+                                  seed=settings["seed"], device=device, progress=PROGRESS)
     else:
         from sclabel.nn.transformer import pretrain_masked_bins
 
@@ -116,11 +136,20 @@ def pretrain_stage(pretrain: str, encoder_kind: str, encoder_hparams: Mapping[st
         history = pretrain_masked_bins(encoder, adata.X[rows], epochs=method["epochs"],
                                        batch_size=method["batch_size"], lr=method["lr"],
                                        mask_prob=method["mask_prob"], seed=settings["seed"], device=device,
-                                       grad_accum_steps=method["grad_accum_steps"])
+                                       grad_accum_steps=method["grad_accum_steps"], progress=PROGRESS)
     log.info("pretraining loss per epoch: %s", [round(v, 4) for v in history["loss"]])
     history["cells"] = {name: adata.obs_names[rows].tolist() for name, rows in cells.items()}
     io.write_text(json.dumps(history, indent=1, default=str), output_history)
     save_encoder(encoder, encoder_kind, genes, output_encoder)
+
+
+def embedding_baseline_stage(method: str, settings: Mapping[str, Any], seed: int, input_h5ad: str,
+                             splits_file: str, split: str, encoder_file: str, output: str) -> None:
+    """A classical baseline on the split's pretrained embedding (scPretrain's evaluation of its encoder)."""
+    adata = ad.read_h5ad(input_h5ad)
+    embedding = predict_batches(load_encoder(encoder_file, list(adata.var_names)), adata.X)
+    baseline_on_features(method, settings, seed, embedding, adata.obs_names, adata.obs["cell_type"].astype(str),
+                         read_split(splits_file, split), output)
 
 
 def checkpoint_folder(root: str, params: Mapping[str, Any]) -> Path:
@@ -154,15 +183,16 @@ def finetune_stage(method: str, encoder_hparams: Mapping[str, Any], settings: Ma
     encoder_settings, _ = split_encoder_settings(encoder_hparams)
     model = CellTypeAnnotator(genes, sorted(known), encoder_kind, encoder_settings,
                               {"hidden_dims": settings["head_hidden_dims"], "dropout": settings["dropout"]},
-                              preprocessing=dict(preprocessing), config={"method": method, "split": split,
-                                                                         "finetune": dict(settings)})
+                              preprocessing=dict(preprocessing),
+                              config={"method": method, "split": split, "finetune": dict(settings),
+                                      "cells": {"train": train.tolist(), "val": val.tolist()}})
     state = (load_encoder_state(pretrained, genes) if pretrained
-             else new_encoder(encoder_kind, encoder_hparams, genes).state_dict())
+             else initial_encoder_state(encoder_kind, encoder_hparams, genes, settings["seed"]))
     checkpoints = checkpoint_folder(checkpoint_root, {"method": method, "settings": settings, "split": split,
                                                        "encoder": encoder_hparams, "pretrained": pretrained})
     history = model.fit(adata[train].X, labels[train], adata[val].X, labels[val], finetune_settings(settings),
                         seed=settings["seed"], device=settings["device"], checkpoint_dir=checkpoints,
-                        pretrained_encoder_state=state)
+                        pretrained_encoder_state=state, progress=PROGRESS)
     log.info("%s on %s: best epoch %s, validation macro F1 %.3f (training from epoch %s)", method, split,
              history["best_epoch"], history["best_val_macro_f1"], history["start_epoch"])
     model.save(output_model)

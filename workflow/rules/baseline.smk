@@ -5,10 +5,10 @@ rule baseline:
     output:
         "results/predictions/{method}/{split}.tsv",
     wildcard_constraints:
-        method=one_of(BASELINE_METHODS),
-        split=r"cv[0-9]+",
+        method=one_of(PLAIN_BASELINES),
+        split=r"cv[0-9]+|lodo_[A-Za-z0-9_-]+",
     params:
-        settings=lambda wildcards: config["baseline"][wildcards.method],
+        settings=lambda wildcards: config["baseline"].get(wildcards.method, {}),
         seed=config["baseline"]["seed"],
     log:
         "results/logs/baseline/{method}/{split}.log",
@@ -19,3 +19,27 @@ rule baseline:
         "../../envs/sklearn.yaml"
     script:
         "../../scripts/baseline.py"
+
+
+rule embedding_baseline:
+    input:
+        h5ad="results/data/combined.h5ad",
+        splits="results/splits/splits.tsv",
+        encoder=f"results/pretrain/{config['baseline']['embedding']}/{{split}}/encoder.pt",
+    output:
+        "results/predictions/{method}/{split}.tsv",
+    wildcard_constraints:
+        method=one_of(EMBEDDING_BASELINES),
+        split=r"cv[0-9]+|lodo_[A-Za-z0-9_-]+",
+    params:
+        settings=lambda wildcards: config["baseline"].get(wildcards.method, {}),
+        seed=config["baseline"]["seed"],
+    log:
+        "results/logs/baseline/{method}/{split}.log",
+    benchmark:
+        "results/benchmarks/baseline/{method}/{split}.tsv"
+    threads: 1
+    conda:
+        "../../envs/torch.yaml"
+    script:
+        "../../scripts/embedding_baseline.py"

@@ -2,31 +2,51 @@
 import re
 
 NEURAL_METHOD = re.compile(r"^((kmeans|masked_bins)\+)?(mlp|transformer)$")
+# the names of sclabel.baselines.BASELINES (a test keeps the two lists equal)
+EMBEDDING_BASELINES = ["knn_embedding", "rf_embedding", "svm_embedding"]
+PLAIN_BASELINES = ["logreg", "logreg_l1", "knn_pca", "rf_pca", "svm_pca", "majority", "random"]
 
 
 wildcard_constraints:
     dataset=r"[A-Za-z0-9][A-Za-z0-9_-]*",
-    split=r"cv[0-9]+|final",
+    split=r"cv[0-9]+|lodo_[A-Za-z0-9_-]+|final",
     method=r"[A-Za-z0-9][A-Za-z0-9_+.-]*",
 
 
 DATASETS = list(config["datasets"])
 QUERIES = list(config["annotate"]["queries"])
 METHODS = list(config["methods"])
-BASELINE_METHODS = [m for m in METHODS if m in config["baseline"]]
 NEURAL_METHODS = [m for m in METHODS if NEURAL_METHOD.match(m)]
-unknown = sorted(set(METHODS) - set(BASELINE_METHODS) - set(NEURAL_METHODS))
+unknown = sorted(set(METHODS) - set(PLAIN_BASELINES + EMBEDDING_BASELINES + NEURAL_METHODS))
 if unknown:
     raise ValueError(
-        f"config: methods: unknown method(s) {', '.join(unknown)}. Fix: use logreg, mlp, transformer, "
-        "kmeans+mlp, kmeans+transformer or masked_bins+transformer"
+        f"config: methods: unknown method(s) {', '.join(unknown)}. Fix: use baselines "
+        f"({', '.join(PLAIN_BASELINES + EMBEDDING_BASELINES)}) or neural methods (mlp, transformer, "
+        "kmeans+mlp, kmeans+transformer, masked_bins+transformer)"
     )
 if QUERIES and config["annotate"]["method"] not in NEURAL_METHODS:
     raise ValueError(
         f"config: annotate.method: '{config['annotate']['method']}' is not among the neural methods "
         f"in methods ({', '.join(NEURAL_METHODS) or 'none'}). Fix: add it to methods or pick one of those"
     )
-SPLITS = [f"cv{i}" for i in range(1, config["split"]["n_folds"] + 1)]
+
+
+def split_names():
+    """cv1..cvK, or lodo_<group> for each held-out group."""
+    settings = config["split"]
+    if settings["scheme"] == "cv":
+        return [f"cv{i}" for i in range(1, settings["n_folds"] + 1)]
+    if settings["holdout"]:
+        return [f"lodo_{group}" for group in settings["holdout"]]
+    if settings["lodo_key"] != "dataset":
+        raise ValueError(
+            "config: split.holdout: leave-one-out by batch needs the batches to hold out. "
+            "Fix: list them, e.g. holdout: [3pv1, 3pv2, 5p]"
+        )
+    return [f"lodo_{name}" for name, spec in config["datasets"].items() if spec.get("label_key")]
+
+
+SPLITS = split_names()
 
 
 def one_of(names):
@@ -55,6 +75,12 @@ def pretrained_encoder(wildcards):
 def encoder_settings(wildcards):
     """The encoder block of the method's encoder architecture."""
     return config["encoder"][NEURAL_METHOD.match(wildcards.method).group(3)]
+
+
+def finetune_settings(method):
+    """The finetune block with the method's overrides applied (overrides themselves left out)."""
+    settings = {k: v for k, v in config["finetune"].items() if k != "overrides"}
+    return {**settings, **config["finetune"]["overrides"].get(method, {}), "device": torch_device("finetune")}
 
 
 def gpu_resource(stage):

@@ -1,6 +1,7 @@
 rule evaluate:
     input:
-        prediction_files,
+        predictions=prediction_files,
+        class_counts="results/splits/class_counts.tsv",
     output:
         metrics="results/benchmark/metrics.tsv",
         summary=report(

@@ -1,6 +1,6 @@
 FINETUNE_PARAMS = {
     "encoder_hparams": encoder_settings,
-    "settings": {**config["finetune"], "device": torch_device("finetune")},
+    "settings": lambda wildcards: finetune_settings(wildcards.method),
     "preprocessing": {"normalisation": "log1p_cp10k", "target_sum": config["qc"]["target_sum"]},
     "checkpoints": lambda wildcards: f"results/checkpoints/{wildcards.method}/{wildcards.get('split', 'final')}",
 }
@@ -16,7 +16,7 @@ rule finetune:
         predictions="results/predictions/{method}/{split}.tsv",
     wildcard_constraints:
         method=one_of(NEURAL_METHODS),
-        split=r"cv[0-9]+",
+        split=r"cv[0-9]+|lodo_[A-Za-z0-9_-]+",
     params:
         **FINETUNE_PARAMS,
     resources:

@@ -2,10 +2,16 @@ rule report_figures:
     input:
         metrics="results/benchmark/metrics.tsv",
         confusion="results/benchmark/confusion.tsv",
+        per_class="results/benchmark/per_class.tsv",
     output:
         kappa=report(
             "results/report/kappa.png",
             caption="../report/kappa.rst",
+            category="Benchmark",
+        ),
+        per_class=report(
+            "results/report/per_class_f1.png",
+            caption="../report/per_class_f1.rst",
             category="Benchmark",
         ),
         confusions=[

@@ -1,0 +1,105 @@
+"""Leave-one-dataset-out sweeps on real data: held-out cells never reach training, metrics equal scikit-learn's."""
+
+from __future__ import annotations
+
+import json
+
+import anndata as ad
+import pandas as pd
+import pytest
+from sklearn import metrics as skm
+
+from workflow_helpers import load_config, planned_jobs, snakemake, write_config
+
+pytestmark = [pytest.mark.workflow]
+PROTOCOLS = ["3pv1", "3pv2", "5p"]
+QUICK_METHODS = ["logreg", "majority", "knn_embedding", "mlp", "kmeans+mlp"]
+
+
+def absolute(config: dict, shared_data) -> dict:
+    """The config with its ../shared/data sources made absolute."""
+    for spec in config["datasets"].values():
+        spec["source"] = str(shared_data / spec["source"].split("shared/data/")[1])
+    return config
+
+
+@pytest.fixture(scope="module")
+def symphony_lodo(shared_data, tmp_path_factory):
+    """The Symphony leave-one-protocol-out sweep with the quick methods."""
+    workdir = tmp_path_factory.mktemp("symphony_lodo")
+    config = absolute(load_config("bench_symphony_lodo.yaml"), shared_data)
+    config["methods"] = QUICK_METHODS
+    configfile = write_config(workdir, config)
+    snakemake(workdir, configfile)
+    return workdir, configfile, ad.read_h5ad(workdir / "results/data/combined.h5ad", backed="r").obs
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_held_out_cells_never_reach_training_or_early_stopping(symphony_lodo, protocol):
+    workdir, _, obs = symphony_lodo
+    held_out = set(obs.index[obs["batch"] == protocol])
+    split = f"lodo_{protocol}"
+    for method in QUICK_METHODS:
+        tested = set(pd.read_csv(workdir / f"results/predictions/{method}/{split}.tsv", sep="\t")["cell_id"])
+        assert tested == held_out
+    for method in ("mlp", "kmeans+mlp"):
+        cells = json.loads((workdir / f"results/models/{method}/{split}/model.json").read_text())["config"]["cells"]
+        assert cells["train"] and cells["val"]
+        assert held_out.isdisjoint(cells["train"]) and held_out.isdisjoint(cells["val"])
+    pretrained = json.loads((workdir / f"results/pretrain/kmeans+mlp/{split}/history.json").read_text())["cells"]
+    assert set(pretrained) == {"pbmc_symphony", "pbmc_donorA"}  # unlabelled donor A feeds pretraining
+    assert held_out.isdisjoint(pretrained["pbmc_symphony"])
+    assert len(pretrained["pbmc_symphony"]) == (obs["dataset"] == "pbmc_symphony").sum() - len(held_out)
+
+
+def test_metrics_equal_sklearn_on_the_same_predictions(symphony_lodo):
+    workdir, _, _ = symphony_lodo
+    table = pd.read_csv(workdir / "results/benchmark/metrics.tsv", sep="\t").set_index(["method", "split", "metric"])
+    for method in QUICK_METHODS:
+        for protocol in PROTOCOLS:
+            split = f"lodo_{protocol}"
+            predictions = pd.read_csv(workdir / f"results/predictions/{method}/{split}.tsv", sep="\t")
+            y_true, y_pred = predictions["true"].astype(str), predictions["predicted"].astype(str)
+            assert table.loc[(method, split, "accuracy"), "value"] == pytest.approx(skm.accuracy_score(y_true, y_pred))
+            assert table.loc[(method, split, "cohen_kappa"), "value"] == pytest.approx(
+                skm.cohen_kappa_score(y_true, y_pred))
+            assert table.loc[(method, split, "macro_f1"), "value"] == pytest.approx(
+                skm.f1_score(y_true, y_pred, average="macro", zero_division=0))
+
+
+def test_summary_is_per_method_and_scheme_with_spread(symphony_lodo):
+    workdir, _, _ = symphony_lodo
+    summary = pd.read_csv(workdir / "results/benchmark/summary.tsv", sep="\t")
+    kappa = summary[summary["metric"] == "cohen_kappa"].set_index("method")
+    assert set(kappa["scheme"]) == {"lodo"} and (kappa["n_splits"] == 3).all()
+    assert kappa.loc["majority", "mean"] == pytest.approx(0.0)
+    assert kappa.loc["logreg", "mean"] > 0.8 and kappa.loc["kmeans+mlp", "mean"] > 0.8
+    for figure in ("kappa.png", "per_class_f1.png"):
+        assert (workdir / "results/report" / figure).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_finetune_change_reruns_finetune_evaluate_report_only(symphony_lodo, tmp_path):
+    workdir, configfile, _ = symphony_lodo
+    import yaml
+
+    config = yaml.safe_load(configfile.read_text())
+    config["finetune"]["patience"] = 5
+    assert planned_jobs(workdir, write_config(tmp_path, config)) == {
+        "finetune": 6, "evaluate": 1, "report_figures": 1, "all": 1}
+    config["qc"]["min_genes"] = 150
+    jobs = planned_jobs(workdir, write_config(tmp_path, config))
+    assert jobs["qc"] == 2 and jobs["harmonise"] == 1 and jobs["split"] == 1 and "download" not in jobs
+    assert jobs["finetune"] == 6 and jobs["pretrain"] == 3 and jobs["baseline"] == 6
+
+
+def test_pancreas_novel_types_are_counted_not_dropped(shared_data, tmp_path):
+    config = absolute(load_config("bench_pancreas_lodo.yaml"), shared_data)
+    config["methods"] = ["logreg", "majority"]
+    snakemake(tmp_path, write_config(tmp_path, config))
+    metrics = pd.read_csv(tmp_path / "results/benchmark/metrics.tsv", sep="\t").set_index(["method", "split", "metric"])
+    # Baron's 35 human macrophages have no counterpart in Xin or Wang: novel in that split
+    assert metrics.loc[("logreg", "lodo_pancreas_baron", "novel_fraction"), "value"] == pytest.approx(35 / 175)
+    # Wang's ductal (96) and acinar (5) cells: ductal is in Baron? no; acinar only in Wang -> novel when held out
+    predictions = pd.read_csv(tmp_path / "results/predictions/logreg/lodo_pancreas_baron.tsv", sep="\t")
+    assert len(predictions) == 175 and (predictions["true"] == "macrophage").sum() == 35
+    assert ("logreg", "lodo_pancreas_xin", "novel_accuracy") not in metrics.index  # Xin has no novel type
