@@ -20,6 +20,7 @@ include: "workflow/rules/finetune.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/annotate.smk"
+include: "workflow/rules/interpret.smk"
 
 
 rule all:
@@ -29,4 +30,5 @@ rule all:
         "results/report/per_class_f1.png",
         expand("results/report/confusion/{method}.png", method=METHODS),
         "results/annotate/summary.tsv" if QUERIES else [],
+        interpretation_outputs(),
     default_target: True

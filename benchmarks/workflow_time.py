@@ -28,6 +28,11 @@ def absolute_sources(configfile: Path, workdir: Path) -> Path:
     for spec in entries:
         if not spec["source"].startswith(("builtin:", "http://", "https://", "file://", "/")):
             spec["source"] = str((REPO_ROOT / spec["source"]).resolve())
+    interpret = config.get("interpret", {})
+    for name, path in interpret.get("libraries", {}).items():
+        interpret["libraries"][name] = str((REPO_ROOT / path).resolve())
+    if interpret.get("marker_table"):
+        interpret["marker_table"] = str((REPO_ROOT / interpret["marker_table"]).resolve())
     copy = workdir / "config.yaml"
     copy.write_text(yaml.safe_dump(config, sort_keys=False))
     return copy

@@ -9,26 +9,20 @@ import pandas as pd
 import pytest
 from sklearn import metrics as skm
 
-from workflow_helpers import load_config, planned_jobs, snakemake, write_config
+from workflow_helpers import absolute_paths, load_config, planned_jobs, snakemake, write_config
 
 pytestmark = [pytest.mark.workflow]
 PROTOCOLS = ["3pv1", "3pv2", "5p"]
 QUICK_METHODS = ["logreg", "majority", "knn_embedding", "mlp", "kmeans+mlp"]
 
 
-def absolute(config: dict, shared_data) -> dict:
-    """The config with its ../shared/data sources made absolute."""
-    for spec in config["datasets"].values():
-        spec["source"] = str(shared_data / spec["source"].split("shared/data/")[1])
-    return config
-
-
 @pytest.fixture(scope="module")
 def symphony_lodo(shared_data, tmp_path_factory):
     """The Symphony leave-one-protocol-out sweep with the quick methods."""
     workdir = tmp_path_factory.mktemp("symphony_lodo")
-    config = absolute(load_config("bench_symphony_lodo.yaml"), shared_data)
+    config = absolute_paths(load_config("bench_symphony_lodo.yaml"))
     config["methods"] = QUICK_METHODS
+    config["interpret"] = {"enabled": False}
     configfile = write_config(workdir, config)
     snakemake(workdir, configfile)
     return workdir, configfile, ad.read_h5ad(workdir / "results/data/combined.h5ad", backed="r").obs
@@ -85,7 +79,7 @@ def test_finetune_change_reruns_finetune_evaluate_report_only(symphony_lodo, tmp
     config = yaml.safe_load(configfile.read_text())
     config["finetune"]["patience"] = 5
     assert planned_jobs(workdir, write_config(tmp_path, config)) == {
-        "finetune": 6, "evaluate": 1, "report_figures": 1, "all": 1}
+        "finetune": 6, "evaluate": 1, "report_figures": 1, "all": 1}  # interpretation is off in this sweep
     config["qc"]["min_genes"] = 150
     jobs = planned_jobs(workdir, write_config(tmp_path, config))
     assert jobs["qc"] == 2 and jobs["harmonise"] == 1 and jobs["split"] == 1 and "download" not in jobs
@@ -93,8 +87,9 @@ def test_finetune_change_reruns_finetune_evaluate_report_only(symphony_lodo, tmp
 
 
 def test_pancreas_novel_types_are_counted_not_dropped(shared_data, tmp_path):
-    config = absolute(load_config("bench_pancreas_lodo.yaml"), shared_data)
+    config = absolute_paths(load_config("bench_pancreas_lodo.yaml"))
     config["methods"] = ["logreg", "majority"]
+    config["interpret"] = {"enabled": False}
     snakemake(tmp_path, write_config(tmp_path, config))
     metrics = pd.read_csv(tmp_path / "results/benchmark/metrics.tsv", sep="\t").set_index(["method", "split", "metric"])
     # Baron's 35 human macrophages have no counterpart in Xin or Wang: novel in that split

@@ -10,7 +10,7 @@ import scipy.sparse as sp
 
 from sclabel import splits, training
 from sclabel.errors import InputError
-from workflow_helpers import load_config, snakemake, write_config
+from workflow_helpers import absolute_paths, load_config, snakemake, write_config
 
 
 @pytest.mark.parametrize(("method", "parts"), [("mlp", (None, "mlp")), ("kmeans+mlp", ("kmeans", "mlp")),
@@ -48,8 +48,7 @@ def test_pretraining_may_use_test_cells_when_allowed_and_listed_datasets_only():
 def symphony_annotation(shared_data, tmp_path_factory):
     """Train an MLP on all Symphony PBMCs and annotate donor A's unlabelled PBMCs and the mouse immune cells."""
     workdir = tmp_path_factory.mktemp("annotate")
-    config = load_config("pbmc_symphony.yaml")
-    config["datasets"]["pbmc_symphony"]["source"] = str(shared_data / "pbmc_symphony.h5ad")
+    config = absolute_paths(load_config("pbmc_symphony.yaml"))
     config["methods"] = ["mlp"]
     config["finetune"] = {"epochs": 15}
     config["annotate"] = {"method": "mlp", "queries": {

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from workflow_helpers import REPO_ROOT, load_config, planned_jobs, snakemake, write_config
+from workflow_helpers import REPO_ROOT, absolute_paths, load_config, planned_jobs, snakemake, write_config
 
 pytestmark = pytest.mark.workflow
 SPLITS = [f"cv{i}" for i in range(1, 6)]
@@ -96,17 +96,20 @@ def test_nothing_to_do_after_a_complete_run(default_run):
     assert planned_jobs(*default_run) == {}
 
 
+REPORT = {"evaluate": 1, "report_figures": 1, "all": 1}
+NEURAL_ALL = {"pretrain": 6, "finetune": 10, "train_final": 2}
+
+
 @pytest.mark.parametrize(
     ("block", "key", "value", "expected"),
     [
-        ("baseline", "logreg", {"C": 0.5}, {"baseline": 5, "evaluate": 1, "report_figures": 1, "all": 1}),
-        ("finetune", "lr", 0.002, {"finetune": 10, "evaluate": 1, "report_figures": 1, "all": 1}),
-        ("pretrain", "seed", 3, {"pretrain": 5, "finetune": 5, "evaluate": 1, "report_figures": 1, "all": 1}),
-        ("evaluate", "unassigned_threshold", 0.5, {"evaluate": 1, "report_figures": 1, "all": 1}),
-        ("split", "seed", 1, {"split": 1, "baseline": 5, "pretrain": 5, "finetune": 10, "evaluate": 1,
-                              "report_figures": 1, "all": 1}),
-        ("qc", "min_genes", 150, {"qc": 1, "harmonise": 1, "split": 1, "baseline": 5, "pretrain": 5, "finetune": 10,
-                                   "evaluate": 1, "report_figures": 1, "all": 1}),
+        ("baseline", "logreg", {"C": 0.5}, {"baseline": 5, "top_genes": 1, **REPORT}),
+        ("finetune", "lr", 0.002, {"finetune": 10, "train_final": 2, "top_genes": 2, **REPORT}),
+        ("pretrain", "seed", 3, {"pretrain": 6, "finetune": 5, "train_final": 1, "top_genes": 1, **REPORT}),
+        ("evaluate", "unassigned_threshold", 0.5, REPORT),
+        ("split", "seed", 1, {"split": 1, "baseline": 5, **NEURAL_ALL, "top_genes": 4, **REPORT}),
+        ("qc", "min_genes", 150, {"qc": 1, "harmonise": 1, "split": 1, "baseline": 5, **NEURAL_ALL, "top_genes": 4,
+                                   **REPORT}),
     ],
 )
 def test_changing_one_stage_reruns_it_and_what_follows_only(default_run, tmp_path, block, key, value, expected):
@@ -144,8 +147,9 @@ def test_lint_is_clean():
 
 
 def test_pbmc_symphony_config(shared_data, tmp_path):
-    config = load_config("pbmc_symphony.yaml")
-    config["datasets"]["pbmc_symphony"]["source"] = str(shared_data / "pbmc_symphony.h5ad")
+    config = absolute_paths(load_config("pbmc_symphony.yaml"))
+    config["methods"] = ["logreg"]
+    config["interpret"]["enabled"] = False
     configfile = write_config(tmp_path, config)
     snakemake(tmp_path, configfile)
     summary = pd.read_csv(tmp_path / "results/benchmark/summary.tsv", sep="\t").set_index(["method", "metric"])

@@ -45,3 +45,18 @@ def planned_jobs(workdir: Path, configfile: Path, *targets: str) -> dict[str, in
         return {}
     table = text.split("Job stats:", 1)[1].split("total", 1)[0]
     return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.MULTILINE)}
+
+
+def absolute_paths(config: dict[str, Any]) -> dict[str, Any]:
+    """The config with its repository-relative data, gene-set and marker paths made absolute."""
+    def resolve(path: str) -> str:
+        return path if path.startswith(("builtin:", "http://", "https://", "file://", "/")) else str(
+            (REPO_ROOT / path).resolve())
+
+    for spec in [*config["datasets"].values(), *config.get("annotate", {}).get("queries", {}).values()]:
+        spec["source"] = resolve(spec["source"])
+    interpret = config.get("interpret", {})
+    interpret["libraries"] = {k: resolve(v) for k, v in interpret.get("libraries", {}).items()}
+    if interpret.get("marker_table"):
+        interpret["marker_table"] = resolve(interpret["marker_table"])
+    return config

@@ -34,6 +34,25 @@ def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
         raise
 
 
+@contextlib.contextmanager
+def atomic_folder(dest: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield an empty temporary sibling folder; on success it replaces ``dest`` (old contents removed)."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    try:
+        yield tmp
+        if dest.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".old", dir=dest.parent))
+            os.replace(dest, old / dest.name)
+            os.replace(tmp, dest)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def write_h5ad(adata: ad.AnnData, dest: str | os.PathLike[str]) -> None:
     """Write ``adata`` to ``dest`` atomically (compressed)."""
     with atomic_path(dest) as tmp:

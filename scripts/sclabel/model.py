@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
-import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -18,9 +15,10 @@ import torch
 from torch import nn
 
 from sclabel.errors import InputError
-from sclabel.qc import gene_selector
+from sclabel.io import atomic_folder
 from sclabel.nn.encoders import Matrix, build_encoder, pick_device, predict_batches, seed_everything
 from sclabel.nn.finetune import ClassifierHead, FinetuneSettings, fit_classifier
+from sclabel.qc import gene_selector
 
 UNASSIGNED = "unassigned"
 MODEL_FILES = ("model.json", "weights.pt", "genes.txt", "labels.txt")
@@ -44,24 +42,6 @@ def align_genes(data: ad.AnnData | tuple[Matrix, Sequence[str]], model_genes: Se
     aligned = X @ selector
     aligned = sp.csr_matrix(aligned, dtype=np.float32) if sp.issparse(aligned) else np.asarray(aligned, np.float32)
     return aligned, overlap
-
-
-@contextlib.contextmanager
-def _atomic_folder(dest: Path) -> Iterator[Path]:
-    """Yield an empty temporary sibling folder; on success it replaces ``dest`` (old contents removed)."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
-    try:
-        yield tmp
-        if dest.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".old", dir=dest.parent))
-            os.replace(dest, old / dest.name)
-            os.replace(tmp, dest)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _read_lines(path: Path) -> list[str]:
@@ -159,7 +139,7 @@ class CellTypeAnnotator:
         meta = {"encoder_kind": self.encoder_kind, "encoder_hparams": self.encoder.hparams,
                 "head_hparams": self.head.hparams, "preprocessing": self.preprocessing, "config": self.config,
                 "training": self.training}
-        with _atomic_folder(Path(folder)) as tmp:
+        with atomic_folder(folder) as tmp:
             torch.save({"encoder": self.encoder.state_dict(), "head": self.head.state_dict()}, tmp / "weights.pt")
             (tmp / "genes.txt").write_text("\n".join(self.genes) + "\n")
             (tmp / "labels.txt").write_text("\n".join(self.labels) + "\n")

@@ -76,6 +76,26 @@ def per_class_f1_figure(per_class: pd.DataFrame) -> plt.Figure:
     return fig
 
 
+def recall_figure(recall: pd.DataFrame) -> plt.Figure:
+    """Marker recall against k, one panel per cell type, one line per method."""
+    cell_types = sorted(recall["cell_type"].unique())
+    columns = min(4, len(cell_types))
+    rows = int(np.ceil(len(cell_types) / columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.8 * rows), squeeze=False, sharey=True)
+    for ax, cell_type in zip(axes.ravel(), cell_types):
+        for method, curve in recall[recall["cell_type"] == cell_type].groupby("method"):
+            ax.plot(curve["k"], curve["recall"], marker="o", markersize=3, label=method)
+        ax.set_title(cell_type, fontsize=9)
+        ax.set_xscale("log")
+        ax.set_xlabel("top k genes")
+    for ax in axes.ravel()[len(cell_types):]:
+        ax.axis("off")
+    axes[0, 0].set_ylabel("marker recall")
+    axes[0, 0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
 def report_stage(metrics_file: str, confusion_file: str, per_class_file: str, methods: list[str], dpi: int,
                  output_kappa: str, output_per_class: str, output_confusions: list[str]) -> None:
     """Draw the kappa overview, the per-class F1 heatmap and one confusion matrix per method."""

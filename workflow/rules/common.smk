@@ -31,6 +31,33 @@ if QUERIES and config["annotate"]["method"] not in NEURAL_METHODS:
     )
 
 
+INTERPRET_METHODS = [
+    m for m in (config["interpret"]["methods"] or METHODS) if m in NEURAL_METHODS or m in ("logreg", "logreg_l1")
+] + ["wilcoxon"]
+
+
+def interpretation_outputs():
+    """What the interpretation stage adds to the default target, given the config."""
+    settings = config["interpret"]
+    if not settings["enabled"]:
+        return []
+    outputs = expand("results/interpret/top_genes/{method}.tsv", method=INTERPRET_METHODS)
+    if settings["libraries"]:
+        outputs += expand("results/interpret/enrichment/{method}", method=INTERPRET_METHODS)
+    if settings["marker_table"]:
+        outputs.append("results/interpret/marker_recall.png")
+    if settings["de"]["sample_key"] and settings["de"]["condition_key"]:
+        outputs.append("results/interpret/pseudobulk_volcano.png")
+    return outputs
+
+
+def model_for_interpretation(wildcards):
+    """A neural method's model trained on all labelled cells (linear baselines and wilcoxon need none)."""
+    if wildcards.method in NEURAL_METHODS:
+        return f"results/models/{wildcards.method}/final"
+    return []
+
+
 def split_names():
     """cv1..cvK, or lodo_<group> for each held-out group."""
     settings = config["split"]
@@ -69,7 +96,7 @@ def pretrained_encoder(wildcards):
     pretrain, encoder = NEURAL_METHOD.match(wildcards.method).group(2, 3)
     if pretrain is None:
         return []
-    return f"results/pretrain/{pretrain}+{encoder}/{wildcards.split}/encoder.pt"
+    return f"results/pretrain/{pretrain}+{encoder}/{wildcards.get('split', 'final')}/encoder.pt"
 
 
 def encoder_settings(wildcards):

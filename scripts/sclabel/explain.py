@@ -1,0 +1,129 @@
+"""Interpretation stages: top genes per cell type, enrichment, differential expression, marker recall."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from sclabel import baselines, io, splits
+from sclabel.pipeline import labelled_cells, read_split
+from sclabel.plots import save_figure
+
+log = logging.getLogger("sclabel")
+LINEAR_BASELINES = ("logreg", "logreg_l1")
+TOP_GENE_COLUMNS = ["method", "attribution", "cell_type", "gene", "score", "rank"]
+
+
+def labelled_data(input_h5ad: str) -> tuple[ad.AnnData, pd.Series]:
+    """The combined data restricted to labelled cells, with their labels."""
+    adata = ad.read_h5ad(input_h5ad)
+    labels = labelled_cells(adata)
+    return adata[labels.index].copy(), labels
+
+
+def linear_top_genes(method: str, settings: Mapping[str, Any], seed: int, input_h5ad: str,
+                     splits_file: str) -> pd.DataFrame:
+    """Coefficients of a linear baseline trained on all labelled cells (the final split's train + val)."""
+    from sclabel.interpret import coefficient_top_genes
+
+    adata, labels = labelled_data(input_h5ad)
+    roles = read_split(splits_file, splits.FINAL)
+    model = baselines.build_baseline(method, settings, seed).fit(adata[roles.index].X, labels[roles.index])
+    return coefficient_top_genes(model, list(adata.var_names), list(model.classes_)).assign(attribution="coefficient")
+
+
+def neural_top_genes(model_dir: str, input_h5ad: str) -> pd.DataFrame:
+    """Attention (transformer) or gradient × input (MLP) averaged over the cells the model predicts as each type."""
+    from sclabel.interpret import attention_top_genes, gradient_top_genes
+    from sclabel.model import CellTypeAnnotator, align_genes
+
+    model = CellTypeAnnotator.load(model_dir)
+    adata, _ = labelled_data(input_h5ad)
+    X, _ = align_genes(adata, model.genes, min_overlap=1.0, source=input_h5ad)
+    predicted, _ = model.predict(X)
+    if model.encoder_kind == "transformer":
+        return attention_top_genes(model, X, predicted, progress=False).assign(attribution="attention")
+    return gradient_top_genes(model, X, predicted, progress=False).assign(attribution="gradient_x_input")
+
+
+def top_genes_stage(method: str, settings: Mapping[str, Any], seed: int, input_h5ad: str, splits_file: str,
+                    model_dir: str | None, output: str) -> None:
+    """Rank genes per cell type for one method and write the tidy table."""
+    if method == "wilcoxon":
+        from sclabel.de import wilcoxon_ranking
+
+        adata, labels = labelled_data(input_h5ad)
+        adata.obs["cell_type"] = labels.to_numpy()
+        ranking = wilcoxon_ranking(adata).assign(attribution="wilcoxon")
+    elif method in LINEAR_BASELINES:
+        ranking = linear_top_genes(method, settings, seed, input_h5ad, splits_file)
+    else:
+        ranking = neural_top_genes(model_dir, input_h5ad)
+    table = ranking.assign(method=method)[TOP_GENE_COLUMNS]
+    log.info("%s: top genes per type\n%s", method,
+             table[table["rank"] <= 5].groupby("cell_type")["gene"].apply(", ".join).to_string())
+    io.write_tsv(table, output)
+
+
+def file_slug(name: str) -> str:
+    """A file-name-safe version of a cell-type or library name."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "unnamed"
+
+
+def enrich_stage(ranking_file: str, input_h5ad: str, libraries: Mapping[str, str], top_n: int,
+                 output_dir: str) -> None:
+    """Over-representation of each type's top genes in every library, background = the genes the model saw."""
+    from sclabel.enrich import dot_plot, enrich_top_genes
+
+    ranking = pd.read_csv(ranking_file, sep="\t", dtype={"cell_type": str, "gene": str})
+    background = list(ad.read_h5ad(input_h5ad, backed="r").var_names)
+    results = enrich_top_genes(ranking, libraries, background, top_n=top_n)
+    with io.atomic_folder(output_dir) as tmp:
+        for library in libraries:
+            results[results["library"] == library].to_csv(tmp / f"{file_slug(library)}.tsv", sep="\t", index=False)
+        for cell_type in sorted(ranking["cell_type"].unique()):
+            save_figure(dot_plot(results, cell_type), tmp / f"dotplot_{file_slug(cell_type)}.png")
+    best = results.sort_values("adjusted_p_value").groupby(["library", "cell_type"]).head(1)
+    log.info("best term per library and type\n%s", best[["library", "cell_type", "term", "adjusted_p_value"]]
+             .to_string(index=False))
+
+
+def marker_recall_stage(ranking_files: Sequence[str], input_h5ad: str, settings: Mapping[str, Any],
+                        output_table: str, output_figure: str) -> None:
+    """Recall of known markers within each method's top-k genes, per cell type, as a curve over k."""
+    from sclabel.interpret import load_marker_table, marker_recall_curve
+    from sclabel.plots import recall_figure
+
+    markers = load_marker_table(settings["marker_table"], species=settings["marker_species"])
+    background = set(ad.read_h5ad(input_h5ad, backed="r").var_names)
+    curves = []
+    for path in ranking_files:
+        ranking = pd.read_csv(path, sep="\t", dtype={"cell_type": str, "gene": str})
+        curve = marker_recall_curve(ranking, markers, settings["cell_type_map"], settings["recall_ks"], background)
+        curves.append(curve.assign(method=ranking["method"].iloc[0]))
+    table = pd.concat(curves, ignore_index=True)
+    io.write_tsv(table, output_table)
+    save_figure(recall_figure(table), output_figure)
+
+
+def pseudobulk_stage(input_h5ad: str, settings: Mapping[str, Any], output_table: str, output_skipped: str,
+                     output_figure: str) -> None:
+    """pydeseq2 on counts summed per sample × cell type, or a stated reason why it cannot run."""
+    from sclabel.de import pseudobulk_de, volcano_plot
+
+    adata, labels = labelled_data(input_h5ad)
+    adata.obs["cell_type"] = labels.to_numpy()
+    results, skipped = pseudobulk_de(adata, settings["sample_key"], settings["condition_key"],
+                                     tuple(settings["contrast"]), min_cells=settings["min_cells"])
+    for row in skipped.itertuples():
+        log.warning("pseudobulk DE skipped for %s: %s", row.cell_type, row.reason)
+    io.write_tsv(results, output_table)
+    io.write_tsv(skipped, output_skipped)
+    save_figure(volcano_plot(results, f"pseudobulk DE {' vs '.join(settings['contrast'][1:])}"), output_figure)

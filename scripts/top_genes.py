@@ -1,0 +1,15 @@
+"""Snakemake step: rank genes per cell type for one method (attention, gradient × input, coefficients or Wilcoxon)."""
+
+import torch
+
+from sclabel.explain import top_genes_stage
+from sclabel.runner import run_step
+
+
+def main(sm) -> None:
+    torch.set_num_threads(sm.threads)
+    top_genes_stage(sm.wildcards.method, sm.params.settings, sm.params.seed, sm.input.h5ad, sm.input.splits,
+                    sm.input.model or None, sm.output[0])
+
+
+run_step(snakemake, main)  # noqa: F821 (injected by Snakemake)

@@ -1,0 +1,97 @@
+rule top_genes:
+    input:
+        h5ad="results/data/combined.h5ad",
+        splits="results/splits/splits.tsv",
+        model=model_for_interpretation,
+    output:
+        report(
+            "results/interpret/top_genes/{method}.tsv",
+            caption="../report/top_genes.rst",
+            category="Interpretation",
+            subcategory="Top genes",
+        ),
+    wildcard_constraints:
+        method=one_of(INTERPRET_METHODS),
+    params:
+        settings=lambda wildcards: config["baseline"].get(wildcards.method, {}),
+        seed=config["baseline"]["seed"],
+    log:
+        "results/logs/top_genes/{method}.log",
+    benchmark:
+        "results/benchmarks/top_genes/{method}.tsv"
+    conda:
+        "../../envs/interpret.yaml"
+    script:
+        "../../scripts/top_genes.py"
+
+
+rule enrich:
+    input:
+        ranking="results/interpret/top_genes/{method}.tsv",
+        h5ad="results/data/combined.h5ad",
+    output:
+        report(
+            directory("results/interpret/enrichment/{method}"),
+            patterns=["{name}.png"],
+            caption="../report/enrichment.rst",
+            category="Interpretation",
+            subcategory="Enrichment",
+        ),
+    params:
+        libraries=config["interpret"]["libraries"],
+        top_n=config["interpret"]["top_n"],
+    log:
+        "results/logs/enrich/{method}.log",
+    benchmark:
+        "results/benchmarks/enrich/{method}.tsv"
+    conda:
+        "../../envs/interpret.yaml"
+    script:
+        "../../scripts/enrichment.py"
+
+
+rule marker_recall:
+    input:
+        rankings=expand("results/interpret/top_genes/{method}.tsv", method=INTERPRET_METHODS),
+        h5ad="results/data/combined.h5ad",
+    output:
+        table="results/interpret/marker_recall.tsv",
+        figure=report(
+            "results/interpret/marker_recall.png",
+            caption="../report/marker_recall.rst",
+            category="Interpretation",
+        ),
+    params:
+        settings={k: config["interpret"][k] for k in ("marker_table", "marker_species", "cell_type_map", "recall_ks")},
+    log:
+        "results/logs/marker_recall.log",
+    benchmark:
+        "results/benchmarks/marker_recall.tsv"
+    conda:
+        "../../envs/interpret.yaml"
+    script:
+        "../../scripts/marker_recall.py"
+
+
+rule pseudobulk_de:
+    input:
+        "results/data/combined.h5ad",
+    output:
+        table="results/interpret/pseudobulk_de.tsv",
+        skipped="results/interpret/pseudobulk_skipped.tsv",
+        figure=report(
+            "results/interpret/pseudobulk_volcano.png",
+            caption="../report/pseudobulk.rst",
+            category="Interpretation",
+        ),
+    params:
+        settings=config["interpret"]["de"],
+    threads: 1
+    log:
+        "results/logs/pseudobulk_de.log",
+    benchmark:
+        "results/benchmarks/pseudobulk_de.tsv"
+    conda:
+        "../../envs/interpret.yaml"
+    script:
+        "../../scripts/pseudobulk.py"
