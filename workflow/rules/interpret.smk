@@ -32,7 +32,7 @@ rule enrich:
     output:
         report(
             directory("results/interpret/enrichment/{method}"),
-            patterns=["{name}.png"],
+            patterns=["{name}.png", "{name}.tsv"],
             caption="../report/enrichment.rst",
             category="Interpretation",
             subcategory="Enrichment",
