@@ -88,21 +88,21 @@ def save_encoder(encoder: torch.nn.Module, kind: str, genes: Sequence[str], outp
         torch.save(payload, tmp)
 
 
-def load_encoder(path: str, genes: Sequence[str]) -> torch.nn.Module:
-    """A pretrained encoder rebuilt from its file, in eval mode."""
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    encoder = build_encoder(payload["kind"], len(genes), json.loads(payload["hparams"]))
-    encoder.load_state_dict(load_encoder_state(path, genes))
-    return encoder.eval()
-
-
-def load_encoder_state(path: str, genes: Sequence[str]) -> dict[str, torch.Tensor]:
-    """Pretrained encoder weights, refusing a file made over other genes."""
+def read_encoder_file(path: str, genes: Sequence[str]) -> dict[str, Any]:
+    """A pretrained encoder file's contents, refusing one made over other genes."""
     payload = torch.load(path, map_location="cpu", weights_only=True)
     if payload["genes"] != list(genes):
         raise InputError(path, "genes", "pretrained encoder was made over other genes than the training data",
                          "rerun the pretrain rule (delete the file) after changing datasets or QC")
-    return payload["state"]
+    return payload
+
+
+def load_encoder(path: str, genes: Sequence[str]) -> torch.nn.Module:
+    """A pretrained encoder rebuilt from its file, in eval mode."""
+    payload = read_encoder_file(path, genes)
+    encoder = build_encoder(payload["kind"], len(genes), json.loads(payload["hparams"]))
+    encoder.load_state_dict(payload["state"])
+    return encoder.eval()
 
 
 def pretrain_stage(pretrain: str, encoder_kind: str, encoder_hparams: Mapping[str, Any],
@@ -186,7 +186,7 @@ def finetune_stage(method: str, encoder_hparams: Mapping[str, Any], settings: Ma
                               preprocessing=dict(preprocessing),
                               config={"method": method, "split": split, "finetune": dict(settings),
                                       "cells": {"train": train.tolist(), "val": val.tolist()}})
-    state = (load_encoder_state(pretrained, genes) if pretrained
+    state = (read_encoder_file(pretrained, genes)["state"] if pretrained
              else initial_encoder_state(encoder_kind, encoder_hparams, genes, settings["seed"]))
     checkpoints = checkpoint_folder(checkpoint_root, {"method": method, "settings": settings, "split": split,
                                                        "encoder": encoder_hparams, "pretrained": pretrained})
