@@ -5,7 +5,8 @@ from sclabel.runner import run_step
 
 
 def main(sm) -> None:
-    harmonise_stage(list(sm.input), sm.params.names, sm.params.settings, sm.output.h5ad, sm.output.table)
+    harmonise_stage(list(sm.input), sm.params.names, sm.params.settings, sm.params.target_sum,
+                    sm.output.h5ad, sm.output.table)
 
 
 run_step(snakemake, main)  # noqa: F821 (injected by Snakemake)

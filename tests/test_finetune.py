@@ -71,6 +71,10 @@ def test_beats_majority_class_and_keeps_best_epoch(pbmc, trained):
     val_pred, _ = model.predict(X_val)
     assert f1_score(y_val, val_pred, average="macro") == pytest.approx(history["best_val_macro_f1"])
     assert history["stopped_early"] and history["epoch"][-1] == history["best_epoch"] + SETTINGS.patience
+    tied = [e for e, f1 in zip(history["epoch"], history["val_macro_f1"]) if round(f1, 6) == round(max(
+        history["val_macro_f1"]), 6)]
+    losses = dict(zip(history["epoch"], history["val_loss"]))
+    assert history["best_epoch"] == min(tied, key=lambda e: (losses[e], e))  # ties at the top go to the lower loss
 
 
 def test_save_load_gives_identical_predictions(pbmc, trained, tmp_path):

@@ -65,3 +65,25 @@ def test_outer_join_zero_fills_and_reports():
     assert report.set_index("dataset").loc["two", "genes_zero_filled"] == 3
     inner, _ = qc.combine([first, second], "inner", "keep", ["one", "two"])
     assert inner.var_names.tolist() == ["G1", "G2"]
+
+
+def test_renormalised_rescales_each_cell_to_the_target_over_its_genes():
+    X = sp.csr_matrix(np.log1p(np.array([[1.0, 3.0, 0.0], [0.0, 0.0, 0.0], [2.0, 0.0, 6.0]], dtype=np.float32)))
+    out = qc.renormalised(X, 10.0)
+    assert sp.issparse(out) and out.nnz == X.nnz
+    expected = np.log1p(np.array([[2.5, 7.5, 0.0], [0.0, 0.0, 0.0], [2.5, 0.0, 7.5]]))
+    assert np.allclose(out.toarray(), expected, atol=1e-6)
+    assert np.allclose(X.toarray(), np.log1p([[1, 3, 0], [0, 0, 0], [2, 0, 6]]))  # input untouched
+
+
+def test_combine_renormalises_studies_on_different_scales_to_one():
+    small, large = toy(), toy()
+    small.X = sp.csr_matrix(np.log1p(small.X.toarray()))
+    large.X = sp.csr_matrix(np.log1p(large.X.toarray() * 100))  # the same cells, another library size
+    large.obs_names = [f"{c}2" for c in large.obs_names]
+    plain, _ = qc.combine([small, large], "inner", "keep", ["small", "large"])
+    assert not np.allclose(plain.X[:4].toarray(), plain.X[4:].toarray())
+    rescaled, _ = qc.combine([small, large], "inner", "keep", ["small", "large"], renormalise_to=1e4)
+    assert np.allclose(rescaled.X[:4].toarray(), rescaled.X[4:].toarray(), atol=1e-4)
+    assert np.allclose(np.expm1(rescaled.X.toarray()).sum(axis=1), 1e4, rtol=1e-4)
+    assert rescaled.uns["sclabel"]["renormalised_to"] == 1e4

@@ -131,9 +131,10 @@ def benchmark_scores(table: pd.DataFrame, train_labels: Sequence[str], threshold
                      rare_fraction: float) -> dict[str, float]:
     """Benchmark metrics for one prediction table after thresholding at ``threshold``; NaN where undefined.
 
-    ``accuracy``, ``cohen_kappa`` and ``macro_f1`` are ``summary_scores`` over all test cells, so a novel cell (true
-    label absent from ``train_labels``) is always wrong there, even when predicted ``unassigned``.
-    ``macro_f1_test_classes`` averages F1 over the true test labels only; ``rare_accuracy`` and ``rare_f1`` cover
+    A novel cell (true label absent from ``train_labels``) counts as truly ``unassigned``: right only when the method
+    leaves it unassigned. ``accuracy``, ``cohen_kappa`` and ``macro_f1`` are ``summary_scores`` over all test cells
+    on that truth; ``macro_f1_test_classes`` averages F1 over the test set's classes only (``unassigned`` among them
+    when novel cells exist); ``rare_accuracy`` and ``rare_f1`` cover
     the ``rare_classes`` present in the test set. ``known_accuracy`` is exact-match accuracy on known-type cells
     (``unassigned`` is wrong), ``novel_accuracy`` the share of novel cells predicted ``unassigned`` and
     ``novel_fraction`` the share of test cells that are novel. ``macro_auroc`` and ``macro_auprc`` are
@@ -141,14 +142,15 @@ def benchmark_scores(table: pd.DataFrame, train_labels: Sequence[str], threshold
     """
     true = table["true"].astype(str)
     predicted = apply_threshold(table["predicted"], table["confidence"], threshold).astype(str)
-    labels = label_order(true, predicted)
-    per_class = per_class_scores(confusion(true, predicted, labels), labels)
+    known = true.isin(set(map(str, train_labels)))
+    scored_true = true.where(known, UNASSIGNED)
+    labels = label_order(scored_true, predicted)
+    per_class = per_class_scores(confusion(scored_true, predicted, labels), labels)
     tested = per_class[per_class["support"] > 0]
     rare = rare_classes(train_labels, rare_fraction)
     is_rare = true.isin(rare)
-    known = true.isin(set(map(str, train_labels)))
     correct = true == predicted
-    return summary_scores(true, predicted) | {
+    return summary_scores(scored_true, predicted) | {
         "macro_f1_test_classes": _mean_or_nan(tested["f1"]),
         "rare_accuracy": _mean_or_nan(correct[is_rare]),
         "rare_f1": _mean_or_nan(tested.loc[tested["cell_type"].isin(rare), "f1"]),

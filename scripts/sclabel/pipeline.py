@@ -37,11 +37,11 @@ def qc_stage(input_h5ad: str, settings: Mapping[str, Any], output_h5ad: str, out
     io.write_h5ad(adata, output_h5ad)
 
 
-def harmonise_stage(inputs: Sequence[str], names: Sequence[str], settings: Mapping[str, Any], output_h5ad: str,
-                    output_table: str) -> None:
-    """Combine the QC'd datasets on harmonised gene names."""
+def harmonise_stage(inputs: Sequence[str], names: Sequence[str], settings: Mapping[str, Any], target_sum: float,
+                    output_h5ad: str, output_table: str) -> None:
+    """Combine the QC'd datasets on harmonised gene names (renormalised per cell over them when asked)."""
     combined, report = qc.combine([ad.read_h5ad(path) for path in inputs], settings["gene_join"],
-                                  settings["case"], names)
+                                  settings["case"], names, target_sum if settings["renormalise"] else None)
     log.info("combined %d cells x %d genes (%s join)\n%s", combined.n_obs, combined.n_vars,
              settings["gene_join"], report.to_string(index=False))
     io.write_tsv(report, output_table)

@@ -115,8 +115,27 @@ def combined_genes(datasets: Sequence[ad.AnnData], labelled: Sequence[ad.AnnData
     return [g for g in pool[0].var_names if g in shared]
 
 
-def combine(datasets: Sequence[ad.AnnData], join: str, case: str, names: Sequence[str]) -> tuple[ad.AnnData, pd.DataFrame]:
-    """Concatenate normalised datasets on shared genes (``inner``), all genes (``outer``) or the labelled ones' genes."""
+def renormalised(X: sp.spmatrix, target_sum: float, dtype: type = np.float32) -> sp.csr_matrix:
+    """Natural-log CP10k values rescaled per cell so that each cell's expm1 sums to ``target_sum`` over these genes.
+
+    Puts studies that kept different gene subsets or used another log-normalisation on one per-cell scale; a cell
+    with no expression on these genes stays zero. Sparse in, sparse out.
+    """
+    linear = sp.csr_matrix(X, dtype=dtype, copy=True)
+    np.expm1(linear.data, out=linear.data)
+    totals = np.asarray(linear.sum(axis=1)).ravel()
+    scale = np.divide(target_sum, totals, out=np.zeros_like(totals), where=totals > 0)
+    linear = sp.csr_matrix(sp.diags(scale.astype(dtype)) @ linear)
+    np.log1p(linear.data, out=linear.data)
+    return linear
+
+
+def combine(datasets: Sequence[ad.AnnData], join: str, case: str, names: Sequence[str],
+            renormalise_to: float | None = None) -> tuple[ad.AnnData, pd.DataFrame]:
+    """Concatenate normalised datasets on shared genes (``inner``), all genes (``outer``) or the labelled ones' genes.
+
+    With ``renormalise_to`` every cell is rescaled to that total over the combined genes (see ``renormalised``).
+    """
     renamed = []
     for adata in datasets:
         adata = adata.copy()
@@ -133,6 +152,8 @@ def combine(datasets: Sequence[ad.AnnData], join: str, case: str, names: Sequenc
     if combined.obs_names.duplicated().any():
         combined.obs_names = [f"{d}:{c}" for d, c in zip(combined.obs["dataset"], combined.obs_names)]
     combined.X = sp.csr_matrix(combined.X, dtype=np.float32)
+    if renormalise_to is not None:
+        combined.X = renormalised(combined.X, renormalise_to)
     report = pd.DataFrame({
         "dataset": list(names),
         "cells": [a.n_obs for a in renamed],
@@ -140,5 +161,6 @@ def combine(datasets: Sequence[ad.AnnData], join: str, case: str, names: Sequenc
         "genes_in_combined": [len(set(a.var_names) & set(combined.var_names)) for a in renamed],
         "genes_zero_filled": [combined.n_vars - len(set(a.var_names) & set(combined.var_names)) for a in renamed],
     })
-    combined.uns["sclabel"] = {"gene_join": join, "n_genes": len(genes), "datasets": list(names)}
+    combined.uns["sclabel"] = {"gene_join": join, "n_genes": len(genes), "datasets": list(names),
+                               "renormalised_to": renormalise_to or 0}
     return combined, report

@@ -213,6 +213,8 @@ def annotate_stage(model_dir: str, query_files: Sequence[str], settings: Mapping
         source = query.uns["sclabel"]["source"]
         normalised = qc.normalise(query.copy(), target_sum)
         X, overlap = align_genes(normalised, model.genes, settings["min_gene_overlap"], source=source)
+        if model.preprocessing.get("renormalise"):
+            X = qc.renormalised(X, target_sum)
         log.info("%s: %d of %d model genes present (%.0f%%); missing genes are zero-filled", source,
                  round(overlap * len(model.genes)), len(model.genes), 100 * overlap)
         predicted, confidence = model.predict(X, settings["threshold"])

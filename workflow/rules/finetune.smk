@@ -1,7 +1,11 @@
 FINETUNE_PARAMS = {
     "encoder_hparams": encoder_settings,
     "settings": lambda wildcards: finetune_settings(wildcards.method),
-    "preprocessing": {"normalisation": "log1p_cp10k", "target_sum": config["qc"]["target_sum"]},
+    "preprocessing": {
+        "normalisation": "log1p_cp10k",
+        "target_sum": config["qc"]["target_sum"],
+        "renormalise": config["harmonise"]["renormalise"],
+    },
     "checkpoints": lambda wildcards: f"results/checkpoints/{wildcards.method}/{wildcards.get('split', 'final')}",
 }
 

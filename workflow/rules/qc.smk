@@ -25,6 +25,7 @@ rule harmonise:
     params:
         names=DATASETS,
         settings=config["harmonise"],
+        target_sum=config["qc"]["target_sum"],
     log:
         "results/logs/harmonise.log",
     benchmark:

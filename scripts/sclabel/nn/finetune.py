@@ -102,7 +102,7 @@ def _state_copy(module: nn.Module) -> dict[str, torch.Tensor]:
 
 def _new_progress() -> dict:
     """Training progress before the first epoch."""
-    return {"epoch": 0, "finished": False, "stale": 0, "best": {"epoch": 0, "f1": -1.0},
+    return {"epoch": 0, "finished": False, "stale": 0, "best": {"epoch": 0, "f1": -1.0, "loss": float("inf")},
             "history": {"epoch": [], "train_loss": [], "val_loss": [], "val_macro_f1": [], "val_accuracy": []}}
 
 
@@ -134,6 +134,16 @@ def evaluate(model: nn.Module, X: Matrix, y: np.ndarray) -> dict[str, float]:
             "val_accuracy": float(accuracy_score(y, pred))}
 
 
+def _improves(scores: dict[str, float], best: dict) -> bool:
+    """Higher validation macro F1, or the same F1 (to 6 decimals) with lower validation loss.
+
+    The loss breaks ties because a small validation set often reaches its top F1 in the first epochs, when batch-norm
+    statistics and confidences have not settled yet.
+    """
+    f1, best_f1 = round(scores["val_macro_f1"], 6), round(best["f1"], 6)
+    return f1 > best_f1 or (f1 == best_f1 and scores["val_loss"] < best["loss"])
+
+
 def _record_epoch(progress: dict, epoch: int, train_loss: float, scores: dict[str, float],
                   encoder: nn.Module, head: nn.Module, settings: FinetuneSettings) -> None:
     """Append the epoch's scores, keep the best state and decide whether training is finished."""
@@ -142,8 +152,8 @@ def _record_epoch(progress: dict, epoch: int, train_loss: float, scores: dict[st
     history["train_loss"].append(train_loss)
     for key, value in scores.items():
         history[key].append(value)
-    if scores["val_macro_f1"] > progress["best"]["f1"]:
-        progress["best"] = {"epoch": epoch, "f1": scores["val_macro_f1"],
+    if _improves(scores, progress["best"]):
+        progress["best"] = {"epoch": epoch, "f1": scores["val_macro_f1"], "loss": scores["val_loss"],
                             "encoder": _state_copy(encoder), "head": _state_copy(head)}
         progress["stale"] = 0
     else:
