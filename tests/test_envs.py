@@ -14,6 +14,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO_ROOT / "scripts"
 # import name -> conda/pip package name where they differ
 PACKAGE_OF = {"sklearn": "scikit-learn", "matplotlib": "matplotlib-base", "yaml": "pyyaml"}
+# packages a rule's script imports by name at run time: sclabel.peers.import_peer loads each peer's package in its
+# own rule only, so that envs/celltypist.yaml needs no singler and the other way round
+RUNTIME_IMPORTS = {"peer_celltypist": {"celltypist"}, "peer_singler": {"singler"}}
 RULE = re.compile(r"^rule (\w+):(.*?)(?=^rule |\Z)", re.MULTILINE | re.DOTALL)
 
 
@@ -100,8 +103,14 @@ def test_every_env_pins_its_versions():
                 assert re.search(r"==?\d", item), f"{env_file.name}: '{item}' is not pinned"
 
 
+def test_every_peer_rule_names_its_runtime_import():
+    peer_rules = {rule for rule, _, script in rule_envs_and_scripts() if script == "peer.py"}
+    assert peer_rules == set(RUNTIME_IMPORTS)
+
+
 @pytest.mark.parametrize(("rule", "env", "script"), rule_envs_and_scripts())
 def test_env_provides_the_scripts_imports(rule, env, script):
-    needed = {PACKAGE_OF.get(name, name) for name in third_party_imports(SCRIPTS / script)}
+    imports = third_party_imports(SCRIPTS / script) | RUNTIME_IMPORTS.get(rule, set())
+    needed = {PACKAGE_OF.get(name, name) for name in imports}
     missing = needed - env_packages(env)
     assert not missing, f"rule {rule}: envs/{env} lacks {sorted(missing)} imported by scripts/{script}"

@@ -13,6 +13,9 @@ import pandas as pd
 
 UNASSIGNED = "unassigned"
 PROBA_PREFIX = "proba:"
+# the one column of a prediction file written by a method (a peer) that could not run; it holds the reason
+NOT_RUN = "not_run"
+HEADLINE_METRICS = ("accuracy", "cohen_kappa", "macro_f1")
 
 
 def label_order(y_true: Sequence[str], y_pred: Sequence[str]) -> list[str]:
@@ -78,6 +81,38 @@ def summarise(long: pd.DataFrame) -> pd.DataFrame:
     summary["sd"] = summary["sd"].fillna(0.0)
     summary["mean_sd"] = [f"{m:.3f} ± {s:.3f}" for m, s in zip(summary["mean"], summary["sd"])]
     return summary
+
+
+def add_not_run(summary: pd.DataFrame, not_run: pd.DataFrame) -> pd.DataFrame:
+    """``summary`` (per method, scheme, metric) with the methods that did not run on some splits marked.
+
+    ``not_run`` has columns method, split, scheme, reason. A method that ran on no split of a scheme gets a row for
+    every metric of that scheme (the headline metrics when no method has any) with NaN mean and sd, ``n_splits`` 0
+    and ``mean_sd`` ``not run: <reason>``; one that ran on some splits keeps its scores, with ``(not run on <splits>:
+    <reason>)`` appended to ``mean_sd``. Reasons that differ between splits are listed per split.
+    """
+    if not_run.empty:
+        return summary
+    summary = summary.copy()
+    added = []
+    for (method, scheme), rows in not_run.groupby(["method", "scheme"], sort=True):
+        reasons = rows["reason"].astype(str).unique()
+        if len(reasons) == 1:
+            why = reasons[0]
+        else:
+            why = "; ".join(f"{split}: {reason}" for split, reason in zip(rows["split"], rows["reason"]))
+        mine = (summary["method"] == method) & (summary["scheme"] == scheme)
+        if mine.any():
+            splits = ", ".join(rows["split"])
+            summary.loc[mine, "mean_sd"] = summary.loc[mine, "mean_sd"] + f" (not run on {splits}: {why})"
+            continue
+        known = summary.loc[summary["scheme"] == scheme, "metric"].unique()
+        for metric in sorted(known) if len(known) else HEADLINE_METRICS:
+            added.append({"method": method, "scheme": scheme, "metric": metric, "mean": np.nan, "sd": np.nan,
+                          "n_splits": 0, "mean_sd": f"not run: {why}"})
+    if added:
+        summary = pd.concat([summary, pd.DataFrame(added, columns=summary.columns)], ignore_index=True)
+    return summary.sort_values(["method", "scheme", "metric"], kind="stable", ignore_index=True)
 
 
 def probability_columns(table: pd.DataFrame) -> list[str]:

@@ -5,6 +5,8 @@ NEURAL_METHOD = re.compile(r"^((kmeans|masked_bins)\+)?(mlp|transformer)$")
 # the names of sclabel.baselines.BASELINES (a test keeps the two lists equal)
 EMBEDDING_BASELINES = ["knn_embedding", "rf_embedding", "svm_embedding"]
 PLAIN_BASELINES = ["logreg", "logreg_l1", "knn_pca", "rf_pca", "svm_pca", "majority", "random"]
+# published annotators run by workflow/rules/peers.smk (the names of sclabel.peers.PEERS)
+PEERS = ["celltypist", "singler"]
 
 
 wildcard_constraints:
@@ -17,12 +19,12 @@ DATASETS = list(config["datasets"])
 QUERIES = list(config["annotate"]["queries"])
 METHODS = list(config["methods"])
 NEURAL_METHODS = [m for m in METHODS if NEURAL_METHOD.match(m)]
-unknown = sorted(set(METHODS) - set(PLAIN_BASELINES + EMBEDDING_BASELINES + NEURAL_METHODS))
+unknown = sorted(set(METHODS) - set(PLAIN_BASELINES + EMBEDDING_BASELINES + NEURAL_METHODS + PEERS))
 if unknown:
     raise ValueError(
         f"config: methods: unknown method(s) {', '.join(unknown)}. Fix: use baselines "
-        f"({', '.join(PLAIN_BASELINES + EMBEDDING_BASELINES)}) or neural methods (mlp, transformer, "
-        "kmeans+mlp, kmeans+transformer, masked_bins+transformer)"
+        f"({', '.join(PLAIN_BASELINES + EMBEDDING_BASELINES)}), neural methods (mlp, transformer, "
+        f"kmeans+mlp, kmeans+transformer, masked_bins+transformer) or peers ({', '.join(PEERS)})"
     )
 if QUERIES and config["annotate"]["method"] not in NEURAL_METHODS:
     raise ValueError(

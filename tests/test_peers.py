@@ -1,0 +1,255 @@
+"""Peer annotators (CellTypist, SingleR): agreement with the packages, the prediction contract, the not-run record."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import re
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+import yaml
+from sklearn.metrics import cohen_kappa_score
+
+from sclabel import metrics, peers, pipeline
+from sclabel.errors import InputError
+from workflow_helpers import REPO_ROOT, absolute_paths, load_config, planned_jobs, snakemake, write_config
+
+HOLDOUT = "3pv1"  # Symphony's 10x 3' v1 cells, predicted from the 3' v2 and 5' cells
+
+
+def need(package: str) -> None:
+    """Skip the test when a peer's package is not importable here."""
+    if importlib.util.find_spec(package) is None:
+        pytest.skip(f"{package} is not installed (pip install -e '.[peers]' installs the peers)")
+
+
+@pytest.fixture(scope="module")
+def symphony(shared_data):
+    """pbmc_symphony (natural-log CP10k over 1,767 kept genes): train on two protocols, test on 3' v1."""
+    adata = ad.read_h5ad(shared_data / "pbmc_symphony.h5ad")
+    held_out = (adata.obs["protocol"] == HOLDOUT).to_numpy()
+    labels = adata.obs["cell_type"].astype(str).to_numpy()
+    return {"X_train": adata.X[~held_out], "y_train": labels[~held_out], "X_test": adata.X[held_out],
+            "y_test": labels[held_out], "genes": adata.var_names}
+
+
+@pytest.fixture(scope="module")
+def predicted(symphony):
+    """peer -> (probabilities, classes) on the Symphony split, each peer run once (skipped when not installed)."""
+    cache = {}
+
+    def run(peer):
+        need(peer)
+        if peer not in cache:
+            cache[peer] = peers.predict_peer(peer, {}, 0, symphony["X_train"], symphony["y_train"],
+                                             symphony["X_test"], symphony["genes"])
+        return cache[peer]
+
+    return run
+
+
+@pytest.mark.shared_data
+@pytest.mark.parametrize("peer", peers.PEERS)
+def test_probabilities_follow_the_prediction_contract(symphony, predicted, peer):
+    probabilities, classes = predicted(peer)
+    assert list(classes) == sorted(set(symphony["y_train"]))
+    assert probabilities.shape == (len(symphony["y_test"]), len(classes))
+    assert (probabilities >= 0).all()
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0)
+    table = pipeline.predictions_table(np.arange(len(probabilities)).astype(str), symphony["y_test"],
+                                       probabilities, classes)
+    assert metrics.probability_columns(table) == [f"proba:{c}" for c in classes]
+    assert np.isfinite(metrics.ranking_scores(table)["macro_auroc"])
+
+
+@pytest.mark.shared_data
+@pytest.mark.parametrize(("peer", "min_kappa"), [("celltypist", 0.7), ("singler", 0.75)])
+def test_peers_annotate_a_held_out_protocol_well(symphony, predicted, peer, min_kappa):
+    probabilities, classes = predicted(peer)
+    kappa = cohen_kappa_score(symphony["y_test"], classes[probabilities.argmax(axis=1)])
+    assert min_kappa < kappa < 1.0
+
+
+@pytest.mark.shared_data
+def test_celltypist_agrees_with_calling_celltypist_directly(symphony, predicted):
+    need("celltypist")
+    import celltypist
+
+    probabilities, classes = predicted("celltypist")
+    train = peers.cp10k_log1p(symphony["X_train"]).toarray()
+    test = peers.cp10k_log1p(symphony["X_test"]).toarray()
+    assert np.allclose(np.expm1(train).sum(axis=1), 10_000)  # CellTypist's input: each cell sums to 10,000
+    model = celltypist.train(train, labels=symphony["y_train"], genes=np.asarray(symphony["genes"]), use_SGD=True,
+                             random_state=0)
+    query = ad.AnnData(test)
+    query.var_names = np.asarray(symphony["genes"])
+    direct = celltypist.annotate(query, model=model)
+    expected = direct.predicted_labels["predicted_labels"].astype(str).to_numpy()
+    np.testing.assert_array_equal(classes[probabilities.argmax(axis=1)], expected)
+    # expit(score) shares per cell; direct.probability_matrix holds expit(score), which underflows to 0 for every
+    # class of some cells (SGD scores reach -3,000), so the shares are compared where it does not
+    raw = direct.probability_matrix[list(classes)].to_numpy()
+    finite = raw.sum(axis=1) > 0
+    assert finite.mean() > 0.5
+    np.testing.assert_allclose(probabilities[finite], raw[finite] / raw[finite].sum(axis=1, keepdims=True),
+                               rtol=1e-6, atol=1e-12)
+
+
+@pytest.mark.shared_data
+def test_singler_agrees_with_calling_singler_directly(symphony, predicted):
+    need("singler")
+    import singler
+
+    probabilities, classes = predicted("singler")
+    genes = list(symphony["genes"])
+    reference = singler.train_single(symphony["X_train"].toarray().T, list(symphony["y_train"]), genes)
+    direct = singler.classify_single(symphony["X_test"].toarray().T, reference)
+    # the predicted class is SingleR's fine-tuned label, even where it is not the top first-pass score
+    np.testing.assert_array_equal(classes[probabilities.argmax(axis=1)], np.asarray(direct.get_column("best")))
+    scores = np.column_stack([direct.get_column("scores").get_column(c) for c in classes])
+    fine_tuned = scores.argmax(axis=1) != probabilities.argmax(axis=1)
+    assert 0 < fine_tuned.mean() < 0.2
+
+
+def test_softmax_with_label_moves_the_top_probability_to_the_chosen_label():
+    scores = np.array([[0.50, 0.48, 0.30], [0.20, 0.60, 0.59]])
+    probabilities = peers.softmax_with_label(scores, np.array([1, 1]), temperature=0.01)
+    assert probabilities.argmax(axis=1).tolist() == [1, 1]
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0)
+    plain = np.exp((scores - scores.max(axis=1, keepdims=True)) / 0.01)
+    plain /= plain.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(probabilities[0], plain[0][[1, 0, 2]])  # swapped: a permutation of the softmax
+    np.testing.assert_allclose(probabilities[1], plain[1])
+
+
+def test_renormalisation_gives_log1p_cp10k_over_the_genes_present():
+    counts = sp.csr_matrix(np.array([[3.0, 1.0, 0.0], [0.0, 0.0, 0.0], [5.0, 0.0, 5.0]]))
+    subset_cp10k = sp.csr_matrix(np.log1p(counts.toarray() / 2.0))  # normalised elsewhere: sums fall short of 1e4
+    renormalised = peers.cp10k_log1p(subset_cp10k).toarray()
+    np.testing.assert_allclose(np.expm1(renormalised).sum(axis=1), [10_000, 0, 10_000])
+    np.testing.assert_allclose(renormalised[0], np.log1p([7_500, 2_500, 0]))
+    assert peers.cp10k_log1p(subset_cp10k, renormalise=False).toarray() == pytest.approx(subset_cp10k.toarray())
+
+
+@pytest.mark.parametrize(("values", "reason"), [(18.5, r"reaches 18\.50 > log1p\(10000\) = 9\.21"),
+                                                (-0.5, "negative values")])
+def test_values_that_are_not_natural_log_cp10k_make_celltypist_not_runnable(values, reason):
+    X = sp.csr_matrix(np.array([[values, 1.0], [2.0, 0.0]]))
+    with pytest.raises(peers.PeerNotRunnable, match=reason):
+        peers.celltypist_predict(X, ["a", "b"], X, ["g1", "g2"], 0)
+
+
+def test_a_missing_package_makes_the_peer_not_runnable():
+    with pytest.raises(peers.PeerNotRunnable, match=r"not installed .*pip install -e '\.\[peers\]'"):
+        peers.import_peer("sclabel_no_such_peer_package")
+
+
+def test_unknown_peer_settings_are_refused():
+    with pytest.raises(InputError, match="peers.singler.n_genes"):
+        peers.resolve_settings("singler", {"n_genes": 10})
+
+
+def test_schema_defaults_and_workflow_names_match_the_library():
+    schema = yaml.safe_load((REPO_ROOT / "workflow/schemas/config.schema.yaml").read_text())
+    block = schema["properties"]["peers"]["properties"]
+    for peer, defaults in peers.DEFAULTS.items():
+        assert {key: spec["default"] for key, spec in block[peer]["properties"].items()} == defaults
+    common = (REPO_ROOT / "workflow/rules/common.smk").read_text()
+    assert re.search(r"^PEERS = (\[.*\])$", common, re.MULTILINE).group(1) == str(list(peers.PEERS)).replace("'", '"')
+
+
+def test_partly_run_methods_keep_their_scores_with_the_reason():
+    long = pd.DataFrame({"method": ["m", "m", "p", "p"], "split": ["cv1", "cv2", "cv1", "cv1"],
+                         "metric": ["accuracy", "accuracy", "accuracy", "cohen_kappa"], "value": [0.8, 0.9, 0.7, 0.6]})
+    summary = metrics.summarise(long.assign(scheme="cv"))
+    not_run = pd.DataFrame({"method": ["p", "q", "q"], "split": ["cv2", "cv1", "cv2"], "scheme": "cv",
+                            "reason": ["too few genes", "r1", "r2"]})
+    marked = metrics.add_not_run(summary, not_run).set_index(["method", "metric"])
+    assert marked.loc[("p", "accuracy"), "mean_sd"] == "0.700 ± 0.000 (not run on cv2: too few genes)"
+    assert marked.loc[("m", "accuracy"), "mean_sd"] == "0.850 ± 0.071"
+    q = marked.loc["q"]
+    assert sorted(q.index) == ["accuracy", "cohen_kappa"] and (q["n_splits"] == 0).all() and q["mean"].isna().all()
+    assert (q["mean_sd"] == "not run: cv1: r1; cv2: r2").all()
+
+
+@pytest.mark.shared_data
+def test_not_runnable_peer_writes_the_record_and_the_summary_shows_it(shared_data, tmp_path):
+    # pancreas_xin holds log values up to 18.5 (not natural-log CP10k): CellTypist cannot run, logreg can
+    adata = ad.read_h5ad(shared_data / "pancreas_xin.h5ad")
+    combined = tmp_path / "combined.h5ad"
+    adata.write_h5ad(combined)
+    splits, class_counts = tmp_path / "splits.tsv", tmp_path / "class_counts.tsv"
+    pipeline.split_stage(str(combined), {"scheme": "cv", "n_folds": 2, "val_fraction": 0.1, "seed": 0},
+                         str(splits), str(class_counts))
+    files = []
+    for split in ("cv1", "cv2"):
+        files.append(tmp_path / f"predictions/logreg/{split}.tsv")
+        pipeline.baseline_stage("logreg", {}, 0, str(combined), str(splits), split, str(files[-1]))
+        files.append(tmp_path / f"predictions/celltypist/{split}.tsv")
+        peers.peer_stage("celltypist", {}, 0, 1, 10_000, str(combined), str(splits), split, str(files[-1]))
+    record = pd.read_csv(files[-1], sep="\t")
+    assert list(record.columns) == [metrics.NOT_RUN] and "reaches 18.53 > log1p(10000)" in record.iloc[0, 0]
+    out = {name: tmp_path / f"{name}.tsv" for name in ("metrics", "summary", "per_class", "confusion")}
+    pipeline.evaluate_stage([str(f) for f in files], str(class_counts), {"unassigned_threshold": 0.0,
+                                                                       "rare_fraction": 0.05}, *map(str, out.values()))
+    assert set(pd.read_csv(out["metrics"], sep="\t")["method"]) == {"logreg"}
+    summary = pd.read_csv(out["summary"], sep="\t").set_index(["method", "metric"])
+    assert summary.loc[("logreg", "cohen_kappa"), "mean"] > 0.8
+    celltypist = summary.loc["celltypist"]
+    assert set(celltypist.index) == set(summary.loc["logreg"].index)  # every metric row says why it is missing
+    assert celltypist["mean_sd"].str.startswith("not run: CellTypist needs natural-log1p CP10k expression").all()
+    assert (celltypist["n_splits"] == 0).all()
+
+
+@pytest.fixture(scope="module")
+def peer_run(shared_data, tmp_path_factory):
+    """The workflow on Symphony with logreg and both peers, one leave-one-protocol-out split."""
+    need("celltypist")
+    need("singler")
+    workdir = tmp_path_factory.mktemp("peers")
+    config = absolute_paths(load_config("pbmc_symphony.yaml"))
+    config.update({"methods": ["logreg", "celltypist", "singler"], "interpret": {"enabled": False},
+                   "split": {"scheme": "lodo", "lodo_key": "batch", "holdout": [HOLDOUT], "val_fraction": 0.1}})
+    configfile = write_config(workdir, config)
+    snakemake(workdir, configfile)
+    return workdir, config
+
+
+@pytest.mark.workflow
+@pytest.mark.shared_data
+def test_workflow_scores_the_peers_on_the_same_split(peer_run):
+    workdir, _ = peer_run
+    split = f"lodo_{HOLDOUT}"
+    tables = {m: pd.read_csv(workdir / f"results/predictions/{m}/{split}.tsv", sep="\t")
+              for m in ("logreg", "celltypist", "singler")}
+    for method, table in tables.items():
+        assert table["cell_id"].tolist() == tables["logreg"]["cell_id"].tolist()  # the same test cells
+        assert list(table.columns)[:4] == ["cell_id", "true", "predicted", "confidence"]
+        np.testing.assert_allclose(table[metrics.probability_columns(table)].sum(axis=1), 1.0, rtol=1e-5)
+    summary = pd.read_csv(workdir / "results/benchmark/summary.tsv", sep="\t").set_index(["method", "metric"])
+    for peer in ("celltypist", "singler"):
+        assert summary.loc[(peer, "cohen_kappa"), "mean"] > 0.7
+        assert summary.loc[(peer, "macro_auroc"), "mean"] > 0.85
+        assert (workdir / f"results/benchmarks/peers/{peer}/{split}.tsv").is_file()
+        assert (workdir / f"results/report/confusion/{peer}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.workflow
+@pytest.mark.shared_data
+def test_workflow_reports_a_peer_that_cannot_run(peer_run, tmp_path):
+    workdir, config = peer_run
+    config = copy.deepcopy(config)
+    config["peers"] = {"celltypist": {"renormalise": False}}  # Symphony's cells sum to < 10,000: CellTypist refuses
+    configfile = write_config(tmp_path, config)
+    assert planned_jobs(workdir, configfile) == {"peer_celltypist": 1, "evaluate": 1, "report_figures": 1, "all": 1}
+    snakemake(workdir, configfile)
+    summary = pd.read_csv(workdir / "results/benchmark/summary.tsv", sep="\t").set_index(["method", "metric"])
+    assert summary.loc[("celltypist", "cohen_kappa"), "mean_sd"] == (
+        "not run: CellTypist's input check failed: Invalid expression matrix, expect log1p normalized expression "
+        "to 10000 counts per cell")
+    assert summary.loc[("singler", "cohen_kappa"), "mean"] > 0.7
+    assert "not run" in (workdir / f"results/logs/peers/celltypist/lodo_{HOLDOUT}.log").read_text()
