@@ -4,10 +4,19 @@ from snakemake.utils import min_version, validate
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# the bundled default; a --configfile given on the command line replaces it rather than being merged into it
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
 
 
 validate(config, "workflow/schemas/config.schema.yaml")
+
+
+# the image `snakemake --containerize > Dockerfile` describes, once built and pushed (see README: containers)
+if config["container"]:
+
+    containerized: config["container"]
 
 
 include: "workflow/rules/common.smk"

@@ -15,6 +15,29 @@ wildcard_constraints:
     method=r"[A-Za-z0-9][A-Za-z0-9_+.-]*",
 
 
+SMOKE_CAPS = {"epochs": 2, "rounds": 1, "batch_size": 32, "max_cells": 300}
+
+
+def smoke_sized(settings):
+    """A stage's settings with SMOKE_CAPS applied at every level, on the CPU."""
+    capped = {}
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            capped[key] = smoke_sized(value)
+        elif key in SMOKE_CAPS:
+            capped[key] = SMOKE_CAPS[key] if value is None else min(value, SMOKE_CAPS[key])
+        elif key in ("gpu", "device"):
+            capped[key] = False if key == "gpu" else "cpu"
+        else:
+            capped[key] = value
+    return capped
+
+
+if config["smoke"]:
+    config["pretrain"] = smoke_sized(config["pretrain"])
+    config["finetune"] = smoke_sized(config["finetune"])
+
+
 DATASETS = list(config["datasets"])
 QUERIES = list(config["annotate"]["queries"])
 METHODS = list(config["methods"])
