@@ -33,6 +33,7 @@ def absolute_sources(configfile: Path, workdir: Path) -> Path:
         interpret["libraries"][name] = str((REPO_ROOT / path).resolve())
     if interpret.get("marker_table"):
         interpret["marker_table"] = str((REPO_ROOT / interpret["marker_table"]).resolve())
+    workdir.mkdir(parents=True, exist_ok=True)
     copy = workdir / "config.yaml"
     copy.write_text(yaml.safe_dump(config, sort_keys=False))
     return copy
@@ -61,7 +62,7 @@ def rule_times(workdir: Path) -> pd.DataFrame:
 def method_times(workdir: Path) -> pd.DataFrame:
     """Summed fit + predict seconds per method (pretraining shown separately under its own name)."""
     rows = []
-    for stage in ("baseline", "finetune", "pretrain"):
+    for stage in ("baseline", "peers", "finetune", "pretrain"):
         for path in sorted((workdir / "results/benchmarks" / stage).glob("*/*.tsv")):
             name = path.parent.name if stage != "pretrain" else f"pretrain:{path.parent.name}"
             rows.append({"method": name, "seconds": float(pd.read_csv(path, sep="\t").iloc[0]["s"])})

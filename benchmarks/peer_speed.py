@@ -1,0 +1,97 @@
+"""Fit + predict wall time of sclabel's neural methods next to CellTypist and L2 logistic regression, per split.
+
+Usage: python benchmarks/peer_speed.py --workdir DIR --configfile config/bench_symphony_lodo.yaml [--methods mlp]
+DIR holds a finished run of that config (python benchmarks/workflow_time.py --configfile ... --keep DIR). Each
+method's stage function (read the matrix, fit on train + validation cells, predict the test cells, write the table)
+runs in this one process on the same split files, so imports and process start-up are left out for all alike; the
+neural methods reuse the settings their workflow models recorded. Pretraining is not part of a fine-tuning job's
+time: it is reported separately, from Snakemake's benchmark files of the pretrain jobs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+import torch
+import yaml
+from snakemake.utils import validate
+
+from sclabel import pipeline, training
+from sclabel.peers import peer_stage
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def seconds(run: Callable[[], None]) -> float:
+    """Wall time of one call."""
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
+
+
+def neural_run(workdir: Path, config: dict, method: str, split: str, out: Path) -> Callable[[], None]:
+    """Fine-tune ``method`` on ``split`` with the settings its workflow model recorded (from its pretrained encoder)."""
+    recorded = json.loads((workdir / f"results/models/{method}/{split}/model.json").read_text())
+    pretrain, encoder = training.parse_method(method)
+    pretrained = workdir / f"results/pretrain/{pretrain}+{encoder}/{split}/encoder.pt" if pretrain else None
+    return lambda: training.finetune_stage(
+        method, config["encoder"][encoder], recorded["config"]["finetune"], recorded["preprocessing"],
+        str(workdir / "results/data/combined.h5ad"), str(workdir / "results/splits/splits.tsv"), split,
+        str(pretrained) if pretrained else None, str(out / "checkpoints"), str(out / "model"), str(out / "pred.tsv"))
+
+
+def pretrain_seconds(workdir: Path, method: str, split: str) -> float:
+    """Snakemake's measured wall time of the split's pretraining job (0 without pretraining)."""
+    pretrain, encoder = training.parse_method(method)
+    if pretrain is None:
+        return 0.0
+    return float(pd.read_csv(workdir / f"results/benchmarks/pretrain/{pretrain}+{encoder}/{split}.tsv", sep="\t")["s"][0])
+
+
+def time_split(workdir: Path, config: dict, split: str, methods: list[str]) -> dict[str, float]:
+    """Seconds per method on one split."""
+    h5ad, splits_file = str(workdir / "results/data/combined.h5ad"), str(workdir / "results/splits/splits.tsv")
+    row: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        row["logreg"] = seconds(lambda: pipeline.baseline_stage(
+            "logreg", config["baseline"].get("logreg", {}), config["baseline"]["seed"], h5ad, splits_file, split,
+            str(out / "logreg.tsv")))
+        row["celltypist"] = seconds(lambda: peer_stage(
+            "celltypist", config["peers"]["celltypist"], config["peers"]["seed"], os.cpu_count() or 1,
+            config["qc"]["target_sum"], h5ad, splits_file, split, str(out / "celltypist.tsv")))
+        for method in methods:
+            row[method] = seconds(neural_run(workdir, config, method, split, out / method.replace("+", "_")))
+            row[f"{method} pretrain"] = pretrain_seconds(workdir, method, split)
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", type=Path, required=True)
+    parser.add_argument("--configfile", type=Path, required=True)
+    parser.add_argument("--methods", nargs="+", default=["mlp", "kmeans+mlp"])
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (CPU cores given to the network)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    config = yaml.safe_load(args.configfile.read_text())
+    validate(config, str(REPO_ROOT / "workflow/schemas/config.schema.yaml"))  # fills in the defaults
+    split_names = pd.read_csv(args.workdir / "results/splits/splits.tsv", sep="\t", index_col=0).columns
+    table = pd.DataFrame({split: time_split(args.workdir, config, split, args.methods) for split in split_names}).T
+    table.loc["mean"] = table.mean()
+    for method in args.methods:
+        table[f"{method} / celltypist"] = table[method] / table["celltypist"]
+        table[f"{method} / logreg"] = table[method] / table["logreg"]
+    print(f"{args.configfile.name}: fit + predict seconds per split ({args.threads} torch threads)")
+    print(table.round(2).to_string())
+
+
+if __name__ == "__main__":
+    main()
