@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -55,7 +54,7 @@ def pretrain_seconds(workdir: Path, method: str, split: str) -> float:
     return float(pd.read_csv(workdir / f"results/benchmarks/pretrain/{pretrain}+{encoder}/{split}.tsv", sep="\t")["s"][0])
 
 
-def time_split(workdir: Path, config: dict, split: str, methods: list[str]) -> dict[str, float]:
+def time_split(workdir: Path, config: dict, split: str, methods: list[str], threads: int) -> dict[str, float]:
     """Seconds per method on one split."""
     h5ad, splits_file = str(workdir / "results/data/combined.h5ad"), str(workdir / "results/splits/splits.tsv")
     row: dict[str, float] = {}
@@ -65,7 +64,7 @@ def time_split(workdir: Path, config: dict, split: str, methods: list[str]) -> d
             "logreg", config["baseline"].get("logreg", {}), config["baseline"]["seed"], h5ad, splits_file, split,
             str(out / "logreg.tsv")))
         row["celltypist"] = seconds(lambda: peer_stage(
-            "celltypist", config["peers"]["celltypist"], config["peers"]["seed"], os.cpu_count() or 1,
+            "celltypist", config["peers"]["celltypist"], config["peers"]["seed"], threads,
             config["qc"]["target_sum"], h5ad, splits_file, split, str(out / "celltypist.tsv")))
         for method in methods:
             row[method] = seconds(neural_run(workdir, config, method, split, out / method.replace("+", "_")))
@@ -78,18 +77,20 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument("--configfile", type=Path, required=True)
     parser.add_argument("--methods", nargs="+", default=["mlp", "kmeans+mlp"])
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (CPU cores given to the network)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="threads for the network and CellTypist (the workflow's default finetune.threads is 1)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     config = yaml.safe_load(args.configfile.read_text())
     validate(config, str(REPO_ROOT / "workflow/schemas/config.schema.yaml"))  # fills in the defaults
-    split_names = pd.read_csv(args.workdir / "results/splits/splits.tsv", sep="\t", index_col=0).columns
-    table = pd.DataFrame({split: time_split(args.workdir, config, split, args.methods) for split in split_names}).T
+    roles = pd.read_csv(args.workdir / "results/splits/splits.tsv", sep="\t", index_col=0)
+    split_names = [split for split in roles.columns if (roles[split] == "test").any()]  # not "final"
+    table = pd.DataFrame({split: time_split(args.workdir, config, split, args.methods, args.threads) for split in split_names}).T
     table.loc["mean"] = table.mean()
     for method in args.methods:
         table[f"{method} / celltypist"] = table[method] / table["celltypist"]
         table[f"{method} / logreg"] = table[method] / table["logreg"]
-    print(f"{args.configfile.name}: fit + predict seconds per split ({args.threads} torch threads)")
+    print(f"{args.configfile.name}: fit + predict seconds per split ({args.threads} thread(s))")
     print(table.round(2).to_string())
 
 
