@@ -52,10 +52,10 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from sclabel import io, qc, splits
+from sclabel import io, qc
 from sclabel.errors import InputError
 from sclabel.metrics import NOT_RUN
-from sclabel.pipeline import predictions_table, read_split
+from sclabel.pipeline import predict_split, read_split
 
 log = logging.getLogger("sclabel")
 
@@ -166,7 +166,7 @@ def celltypist_predict(train_X: Any, train_labels: Sequence[str], test_X: Any, g
                        target_sum: float = CP10K) -> tuple[np.ndarray, np.ndarray]:
     """Train CellTypist on the training cells and annotate the test cells (best match, no majority voting)."""
     settings = resolve_settings("celltypist", settings)
-    check_log1p_scale([train_X, test_X], target_sum)
+    check_log1p_scale([train_X, test_X], target_sum)  # one reason naming the largest value of either
     train_X = cp10k_log1p(train_X, target_sum, settings["renormalise"])
     test_X = cp10k_log1p(test_X, target_sum, settings["renormalise"])
     celltypist = import_peer("celltypist")
@@ -255,20 +255,14 @@ def peer_stage(peer: str, settings: Mapping[str, Any], seed: int, threads: int, 
     When the peer cannot run, write the ``not_run`` record with the reason instead (and log it as a warning).
     """
     adata = ad.read_h5ad(input_h5ad)
-    roles = read_split(splits_file, split)
-    labels = adata.obs["cell_type"].astype(str)
-    row = pd.Series(np.arange(adata.n_obs), index=adata.obs_names)
-    fit_ids = roles.index[roles.isin([splits.TRAIN, splits.VAL])]
-    test_ids = roles.index[roles == splits.TEST]
+
+    def fit_predict(X: Any, y: np.ndarray, X_test: Any) -> tuple[np.ndarray, np.ndarray]:
+        return predict_peer(peer, settings, seed, X, y, X_test, adata.var_names, threads=threads,
+                            target_sum=target_sum)
+
     try:
-        probabilities, classes = predict_peer(
-            peer, settings, seed, adata.X[row[fit_ids].to_numpy()], labels[fit_ids].to_numpy(),
-            adata.X[row[test_ids].to_numpy()], adata.var_names, threads=threads, target_sum=target_sum)
+        predict_split(peer, fit_predict, adata.X, adata.obs_names, adata.obs["cell_type"].astype(str),
+                      read_split(splits_file, split), output)
     except PeerNotRunnable as err:
         log.warning("%s not run on %s: %s", peer, split, err)
         io.write_tsv(not_run_record(str(err)), output)
-        return
-    table = predictions_table(test_ids, labels[test_ids].to_numpy(), probabilities, classes)
-    log.info("%s: %d training cells, %d test cells, accuracy %.3f", peer, len(fit_ids), len(test_ids),
-             float(np.mean(table["true"] == table["predicted"])))
-    io.write_tsv(table, output)

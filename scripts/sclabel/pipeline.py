@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -84,19 +84,29 @@ def read_split(splits_file: str, split: str) -> pd.Series:
     return roles.dropna()
 
 
-def baseline_on_features(method: str, settings: Mapping[str, Any], seed: int, features: Any, cell_ids: pd.Index,
-                         labels: pd.Series, roles: pd.Series, output: str) -> None:
-    """Fit a baseline on the split's train + val cells of ``features`` (rows = ``cell_ids``) and predict its test cells."""
+# (training matrix, training labels, test matrix) -> (test class probabilities, classes)
+FitPredict = Callable[[Any, np.ndarray, Any], tuple[np.ndarray, np.ndarray]]
+
+
+def predict_split(method: str, fit_predict: FitPredict, features: Any, cell_ids: pd.Index, labels: pd.Series,
+                  roles: pd.Series, output: str) -> None:
+    """Fit on the split's train + val cells of ``features`` (rows = ``cell_ids``); write its test predictions."""
     row = pd.Series(np.arange(len(cell_ids)), index=cell_ids)
     fit_ids = roles.index[roles.isin([splits.TRAIN, splits.VAL])]
     test_ids = roles.index[roles == splits.TEST]
-    probabilities, classes = baselines.fit_predict_baseline(
-        method, settings, features[row[fit_ids].to_numpy()], labels[fit_ids].to_numpy(),
-        features[row[test_ids].to_numpy()], seed)
+    probabilities, classes = fit_predict(features[row[fit_ids].to_numpy()], labels[fit_ids].to_numpy(),
+                                         features[row[test_ids].to_numpy()])
     table = predictions_table(test_ids, labels[test_ids].to_numpy(), probabilities, classes)
     log.info("%s: %d training cells, %d test cells, accuracy %.3f", method, len(fit_ids), len(test_ids),
              float(np.mean(table["true"] == table["predicted"])))
     io.write_tsv(table, output)
+
+
+def baseline_on_features(method: str, settings: Mapping[str, Any], seed: int, features: Any, cell_ids: pd.Index,
+                         labels: pd.Series, roles: pd.Series, output: str) -> None:
+    """Fit a baseline on the split's train + val cells of ``features`` (rows = ``cell_ids``) and predict its test cells."""
+    predict_split(method, lambda X, y, X_test: baselines.fit_predict_baseline(method, settings, X, y, X_test, seed),
+                  features, cell_ids, labels, roles, output)
 
 
 def baseline_stage(method: str, settings: Mapping[str, Any], seed: int, input_h5ad: str, splits_file: str,

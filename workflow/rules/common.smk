@@ -16,6 +16,7 @@ wildcard_constraints:
 
 
 SMOKE_CAPS = {"epochs": 2, "rounds": 1, "batch_size": 32, "max_cells": 300}
+SMOKE_CPU = {"gpu": False, "device": "cpu"}
 
 
 def smoke_sized(settings):
@@ -26,8 +27,8 @@ def smoke_sized(settings):
             capped[key] = smoke_sized(value)
         elif key in SMOKE_CAPS:
             capped[key] = SMOKE_CAPS[key] if value is None else min(value, SMOKE_CAPS[key])
-        elif key in ("gpu", "device"):
-            capped[key] = False if key == "gpu" else "cpu"
+        elif key in SMOKE_CPU:
+            capped[key] = SMOKE_CPU[key]
         else:
             capped[key] = value
     return capped
