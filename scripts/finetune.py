@@ -10,7 +10,7 @@ def main(sm) -> None:
     torch.set_num_threads(sm.threads)
     finetune_stage(sm.wildcards.method, sm.params.encoder_hparams, sm.params.settings, sm.params.preprocessing,
                    sm.input.h5ad, sm.input.splits, sm.wildcards.get("split", "final"), sm.input.pretrained or None,
-                   sm.params.checkpoints, sm.output.model, sm.output.get("predictions"))
+                   sm.params.checkpoints, sm.output.model, sm.output.get("predictions"), sm.params.store)
 
 
 run_step(snakemake, main)  # noqa: F821 (injected by Snakemake)

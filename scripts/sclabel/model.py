@@ -19,6 +19,7 @@ from sclabel.io import atomic_folder
 from sclabel.nn.encoders import Matrix, build_encoder, pick_device, predict_batches, seed_everything
 from sclabel.nn.finetune import ClassifierHead, FinetuneSettings, fit_classifier
 from sclabel.qc import gene_selector
+from sclabel.store import DEFAULT_BUFFER_CELLS
 
 UNASSIGNED = "unassigned"
 MODEL_FILES = ("model.json", "weights.pt", "genes.txt", "labels.txt")
@@ -54,7 +55,8 @@ class CellTypeAnnotator:
 
     def __init__(self, genes: Sequence[str], labels: Sequence[str], encoder_kind: str = "mlp",
                  encoder_hparams: dict | None = None, head_hparams: dict | None = None,
-                 preprocessing: dict | None = None, config: dict | None = None) -> None:
+                 preprocessing: dict | None = None, config: dict | None = None,
+                 inference_batch_size: int | None = None) -> None:
         self.genes = [str(gene) for gene in genes]
         self.labels = [str(label) for label in labels]
         for field, names in (("genes", self.genes), ("labels", self.labels)):
@@ -66,6 +68,7 @@ class CellTypeAnnotator:
         self.preprocessing = dict(preprocessing or {})
         self.config = dict(config or {})
         self.training: dict = {}
+        self.inference_batch_size = inference_batch_size  # cells per forward pass; None: fine-tuning batch size
         self._build()
 
     def _build(self) -> None:
@@ -90,6 +93,11 @@ class CellTypeAnnotator:
             raise ValueError(f"matrix has {X.shape[1]} genes but the model has {len(self.genes)}; "
                              "reorder its columns with align_genes first")
 
+    def _batch_size(self) -> int:
+        """Cells per forward pass at inference: the set value, else the fine-tuning batch size."""
+        return (self.inference_batch_size or self.training.get("settings", {}).get("batch_size")
+                or FinetuneSettings.batch_size)
+
     def encode_labels(self, y: Sequence[str]) -> np.ndarray:
         """Integer codes of string labels, refusing labels the model does not know."""
         code = {label: i for i, label in enumerate(self.labels)}
@@ -101,8 +109,12 @@ class CellTypeAnnotator:
     def fit(self, X_train: Matrix, y_train: Sequence[str], X_val: Matrix, y_val: Sequence[str],
             settings: FinetuneSettings | None = None, seed: int = 0, device: str = "auto",
             checkpoint_dir: Path | None = None, pretrained_encoder_state: dict | None = None,
-            progress: bool = True, on_epoch_end: Callable[[int, dict], None] | None = None) -> dict:
-        """Train from a fresh seeded initialisation (optionally a pretrained encoder); returns the history."""
+            progress: bool = True, on_epoch_end: Callable[[int, dict], None] | None = None,
+            buffer_cells: int = DEFAULT_BUFFER_CELLS) -> dict:
+        """Train from a fresh seeded initialisation (optionally a pretrained encoder); returns the history.
+
+        ``X_train``/``X_val`` may be ``store.RowView``s, streamed ``buffer_cells`` rows at a time.
+        """
         settings = settings or FinetuneSettings()
         self._check_genes(X_train)
         self._check_genes(X_val)
@@ -112,14 +124,14 @@ class CellTypeAnnotator:
             self.encoder.load_state_dict(pretrained_encoder_state)
         history = fit_classifier(self.encoder, self.head, X_train, self.encode_labels(y_train), X_val,
                                  self.encode_labels(y_val), settings, seed, device, checkpoint_dir, progress,
-                                 on_epoch_end)
+                                 on_epoch_end, buffer_cells)
         self.training = {"settings": asdict(settings), "seed": seed, "history": history}
         return history
 
     def predict_proba(self, X: Matrix) -> np.ndarray:
         """Class probabilities [cells, labels] for gene-aligned log1p CP10k expression."""
         self._check_genes(X)
-        return torch.softmax(torch.from_numpy(predict_batches(self.network, X)), dim=1).numpy()
+        return torch.softmax(torch.from_numpy(predict_batches(self.network, X, self._batch_size())), dim=1).numpy()
 
     def predict(self, X: Matrix, threshold: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
         """Most probable label per cell ("unassigned" when its probability < ``threshold``) and that probability."""
@@ -132,13 +144,13 @@ class CellTypeAnnotator:
     def embed(self, X: Matrix) -> np.ndarray:
         """Encoder embedding [cells, out_dim]."""
         self._check_genes(X)
-        return predict_batches(self.encoder, X)
+        return predict_batches(self.encoder, X, self._batch_size())
 
     def save(self, folder: str | os.PathLike[str]) -> None:
         """Write weights.pt, genes.txt, labels.txt and model.json into ``folder`` atomically."""
         meta = {"encoder_kind": self.encoder_kind, "encoder_hparams": self.encoder.hparams,
                 "head_hparams": self.head.hparams, "preprocessing": self.preprocessing, "config": self.config,
-                "training": self.training}
+                "training": self.training, "inference_batch_size": self._batch_size()}
         with atomic_folder(folder) as tmp:
             torch.save({"encoder": self.encoder.state_dict(), "head": self.head.state_dict()}, tmp / "weights.pt")
             (tmp / "genes.txt").write_text("\n".join(self.genes) + "\n")
@@ -154,7 +166,8 @@ class CellTypeAnnotator:
                 raise InputError(folder, name, "file is missing", "point to a folder written by CellTypeAnnotator.save")
         meta = json.loads((folder / "model.json").read_text())
         model = cls(_read_lines(folder / "genes.txt"), _read_lines(folder / "labels.txt"), meta["encoder_kind"],
-                    meta["encoder_hparams"], meta["head_hparams"], meta["preprocessing"], meta["config"])
+                    meta["encoder_hparams"], meta["head_hparams"], meta["preprocessing"], meta["config"],
+                    meta.get("inference_batch_size"))
         weights = torch.load(folder / "weights.pt", map_location="cpu", weights_only=True)
         model.encoder.load_state_dict(weights["encoder"])
         model.head.load_state_dict(weights["head"])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +126,20 @@ def predictions_table(cell_ids: pd.Index, y_true: np.ndarray, probabilities: np.
                           "confidence": probabilities[np.arange(len(best)), best]})
     columns = pd.DataFrame(probabilities, columns=[f"{metrics.PROBA_PREFIX}{c}" for c in classes], index=table.index)
     return pd.concat([table, columns], axis=1)
+
+
+def write_predictions(parts: Iterable[tuple[pd.Index, np.ndarray, np.ndarray]], classes: np.ndarray,
+                      output: str) -> None:
+    """Write the ``predictions_table`` of (cell ids, true labels, probabilities) parts one part at a time, atomically.
+
+    The file is the one ``io.write_tsv`` writes for all parts concatenated, while only one part is in memory.
+    """
+    no_cells = np.empty((0, len(classes)))
+    with io.atomic_path(output) as tmp, open(tmp, "w", newline="") as handle:
+        predictions_table(pd.Index([]), np.array([]), no_cells, classes).to_csv(handle, sep="\t", index=False)
+        for cell_ids, y_true, probabilities in parts:
+            predictions_table(cell_ids, y_true, probabilities, classes).to_csv(handle, sep="\t", index=False,
+                                                                             header=False)
 
 
 def parse_prediction_path(path: str) -> tuple[str, str]:

@@ -21,7 +21,8 @@ from sclabel.errors import InputError
 from sclabel.model import CellTypeAnnotator, align_genes
 from sclabel.nn.encoders import build_encoder, pick_device, predict_batches, seed_everything
 from sclabel.nn.finetune import FinetuneSettings
-from sclabel.pipeline import baseline_on_features, predictions_table, read_split
+from sclabel.pipeline import baseline_on_features, read_split, write_predictions
+from sclabel.store import DEFAULT_BUFFER_CELLS, DEFAULT_CHUNK_CELLS, CellStore
 
 log = logging.getLogger("sclabel")
 PROGRESS = sys.stderr.isatty()  # progress bars on a terminal, not in cluster log files
@@ -143,13 +144,26 @@ def pretrain_stage(pretrain: str, encoder_kind: str, encoder_hparams: Mapping[st
     save_encoder(encoder, encoder_kind, genes, output_encoder)
 
 
+def embed_rows(encoder: torch.nn.Module, store: CellStore, rows: np.ndarray, batch_size: int,
+               chunk_cells: int) -> np.ndarray:
+    """Encoder embedding of the store's rows ``rows``, read ``chunk_cells`` rows at a time."""
+    parts = [predict_batches(encoder, block, batch_size) for _, block in store.chunks(rows, chunk_cells)]
+    return np.concatenate(parts) if parts else np.empty((0, encoder.out_dim), dtype=np.float32)
+
+
 def embedding_baseline_stage(method: str, settings: Mapping[str, Any], seed: int, input_h5ad: str,
-                             splits_file: str, split: str, encoder_file: str, output: str) -> None:
-    """A classical baseline on the split's pretrained embedding (scPretrain's evaluation of its encoder)."""
-    adata = ad.read_h5ad(input_h5ad)
-    embedding = predict_batches(load_encoder(encoder_file, list(adata.var_names)), adata.X)
-    baseline_on_features(method, settings, seed, embedding, adata.obs_names, adata.obs["cell_type"].astype(str),
-                         read_split(splits_file, split), output)
+                             splits_file: str, split: str, encoder_file: str, output: str, batch_size: int,
+                             chunk_cells: int) -> None:
+    """A classical baseline on the split's pretrained embedding (scPretrain's evaluation of its encoder).
+
+    Only the split's cells are read and embedded, ``chunk_cells`` at a time, ``batch_size`` per forward pass.
+    """
+    roles = read_split(splits_file, split)
+    with CellStore(input_h5ad) as store:
+        encoder = load_encoder(encoder_file, list(store.var_names))
+        embedding = embed_rows(encoder, store, store.rows_of(roles.index), batch_size, chunk_cells)
+        labels = store.obs["cell_type"].astype(str)
+    baseline_on_features(method, settings, seed, embedding, roles.index, labels, roles, output)
 
 
 def checkpoint_folder(root: str, params: Mapping[str, Any]) -> Path:
@@ -167,60 +181,86 @@ def finetune_settings(settings: Mapping[str, Any]) -> FinetuneSettings:
 def finetune_stage(method: str, encoder_hparams: Mapping[str, Any], settings: Mapping[str, Any],
                    preprocessing: Mapping[str, Any], input_h5ad: str, splits_file: str, split: str,
                    pretrained: str | None, checkpoint_root: str, output_model: str,
-                   output_predictions: str | None) -> None:
-    """Fine-tune a classifier on the split's training cells, stop early on its validation cells, predict its test cells."""
+                   output_predictions: str | None, store_settings: Mapping[str, Any] | None = None) -> None:
+    """Fine-tune a classifier on the split's training cells, stop early on its validation cells, predict its test cells.
+
+    Only the split's cells are read from disk: training streams them ``buffer_cells`` rows at a time, the test cells
+    are predicted and written ``chunk_cells`` at a time (``store_settings``: the config's store block).
+    """
     _, encoder_kind = parse_method(method)
-    adata = ad.read_h5ad(input_h5ad)
+    store_settings = {"chunk_cells": DEFAULT_CHUNK_CELLS, "buffer_cells": DEFAULT_BUFFER_CELLS,
+                      **(store_settings or {})}
     roles = read_split(splits_file, split)
-    labels = adata.obs["cell_type"].astype(str)
-    train, val, test = (roles.index[roles == role] for role in (splits.TRAIN, splits.VAL, splits.TEST))
-    if len(val) == 0:
-        raise InputError(splits_file, f"{split} validation cells", "no validation cells for early stopping",
-                         "set split.val_fraction above 0 (e.g. 0.1)")
-    known = set(labels[train])
-    val = val[labels[val].isin(known)]
-    genes = list(adata.var_names)
-    encoder_settings, _ = split_encoder_settings(encoder_hparams)
-    model = CellTypeAnnotator(genes, sorted(known), encoder_kind, encoder_settings,
-                              {"hidden_dims": settings["head_hidden_dims"], "dropout": settings["dropout"]},
-                              preprocessing=dict(preprocessing),
-                              config={"method": method, "split": split, "finetune": dict(settings),
-                                      "cells": {"train": train.tolist(), "val": val.tolist()}})
-    state = (read_encoder_file(pretrained, genes)["state"] if pretrained
-             else initial_encoder_state(encoder_kind, encoder_hparams, genes, settings["seed"]))
-    checkpoints = checkpoint_folder(checkpoint_root, {"method": method, "settings": settings, "split": split,
-                                                       "encoder": encoder_hparams, "pretrained": pretrained})
-    history = model.fit(adata[train].X, labels[train], adata[val].X, labels[val], finetune_settings(settings),
-                        seed=settings["seed"], device=settings["device"], checkpoint_dir=checkpoints,
-                        pretrained_encoder_state=state, progress=PROGRESS)
-    log.info("%s on %s: best epoch %s, validation macro F1 %.3f (training from epoch %s)", method, split,
-             history["best_epoch"], history["best_val_macro_f1"], history["start_epoch"])
-    model.save(output_model)
-    if output_predictions:
-        probabilities = model.predict_proba(adata[test].X)
-        io.write_tsv(predictions_table(test, labels[test].to_numpy(), probabilities, np.array(model.labels)),
-                     output_predictions)
+    with CellStore(input_h5ad) as store:
+        labels = store.obs["cell_type"].astype(str)
+        train, val, test = (roles.index[roles == role] for role in (splits.TRAIN, splits.VAL, splits.TEST))
+        if len(val) == 0:
+            raise InputError(splits_file, f"{split} validation cells", "no validation cells for early stopping",
+                             "set split.val_fraction above 0 (e.g. 0.1)")
+        known = set(labels[train])
+        val = val[labels[val].isin(known)]
+        genes = list(store.var_names)
+        encoder_settings, _ = split_encoder_settings(encoder_hparams)
+        model = CellTypeAnnotator(genes, sorted(known), encoder_kind, encoder_settings,
+                                  {"hidden_dims": settings["head_hidden_dims"], "dropout": settings["dropout"]},
+                                  preprocessing=dict(preprocessing),
+                                  config={"method": method, "split": split, "finetune": dict(settings),
+                                          "cells": {"train": train.tolist(), "val": val.tolist()}})
+        state = (read_encoder_file(pretrained, genes)["state"] if pretrained
+                 else initial_encoder_state(encoder_kind, encoder_hparams, genes, settings["seed"]))
+        checkpoints = checkpoint_folder(checkpoint_root, {"method": method, "settings": settings, "split": split,
+                                                           "encoder": encoder_hparams, "pretrained": pretrained})
+        history = model.fit(store.view(store.rows_of(train)), labels[train], store.view(store.rows_of(val)),
+                            labels[val], finetune_settings(settings), seed=settings["seed"], device=settings["device"],
+                            checkpoint_dir=checkpoints, pretrained_encoder_state=state, progress=PROGRESS,
+                            buffer_cells=store_settings["buffer_cells"])
+        log.info("%s on %s: best epoch %s, validation macro F1 %.3f (training from epoch %s)", method, split,
+                 history["best_epoch"], history["best_val_macro_f1"], history["start_epoch"])
+        model.save(output_model)
+        if output_predictions:
+            chunks = store.chunks(store.rows_of(test), store_settings["chunk_cells"])
+            write_predictions(((store.obs_names[rows], labels.iloc[rows].to_numpy(), model.predict_proba(block))
+                               for rows, block in chunks), np.array(model.labels), output_predictions)
     shutil.rmtree(checkpoint_root, ignore_errors=True)
 
 
+def annotate_cells(model: CellTypeAnnotator, query: ad.AnnData, settings: Mapping[str, Any], target_sum: float,
+                   chunk_cells: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Predicted type, confidence and embedding of a raw query's cells, and the model genes' overlap.
+
+    The query is normalised, aligned to the model's genes and predicted ``chunk_cells`` cells at a time (every step
+    is per cell), so only one chunk's working copies are in memory besides the query itself.
+    """
+    source = query.uns["sclabel"]["source"]
+    _, overlap = align_genes((query.X[:0], query.var_names), model.genes, settings["min_gene_overlap"], source=source)
+    log.info("%s: %d of %d model genes present (%.0f%%); missing genes are zero-filled", source,
+             round(overlap * len(model.genes)), len(model.genes), 100 * overlap)
+    predicted, confidence, embedding = [], [], []
+    for start in range(0, query.n_obs, chunk_cells):
+        X, _ = align_genes(qc.normalise(query[start:start + chunk_cells].copy(), target_sum), model.genes, 0.0)
+        if model.preprocessing.get("renormalise"):
+            X = qc.renormalised(X, target_sum)
+        labels, probability = model.predict(X, settings["threshold"])
+        predicted.append(labels)
+        confidence.append(probability)
+        embedding.append(model.embed(X))
+    return np.concatenate(predicted), np.concatenate(confidence), np.concatenate(embedding), overlap
+
+
 def annotate_stage(model_dir: str, query_files: Sequence[str], settings: Mapping[str, Any], target_sum: float,
-                   outputs: Sequence[str], output_summary: str) -> None:
-    """Label each query dataset with a trained model: predicted type, confidence, embedding."""
+                   outputs: Sequence[str], output_summary: str, chunk_cells: int = DEFAULT_CHUNK_CELLS) -> None:
+    """Label each query dataset with a trained model: predicted type, confidence, embedding.
+
+    Each query file is held in memory for its annotated copy; predictions and embedding go ``chunk_cells`` at a time.
+    """
     model = CellTypeAnnotator.load(model_dir)
     rows = []
     for path, output in zip(query_files, outputs):
         query = ad.read_h5ad(path)
-        source = query.uns["sclabel"]["source"]
-        normalised = qc.normalise(query.copy(), target_sum)
-        X, overlap = align_genes(normalised, model.genes, settings["min_gene_overlap"], source=source)
-        if model.preprocessing.get("renormalise"):
-            X = qc.renormalised(X, target_sum)
-        log.info("%s: %d of %d model genes present (%.0f%%); missing genes are zero-filled", source,
-                 round(overlap * len(model.genes)), len(model.genes), 100 * overlap)
-        predicted, confidence = model.predict(X, settings["threshold"])
+        predicted, confidence, embedding, overlap = annotate_cells(model, query, settings, target_sum, chunk_cells)
         query.obs["predicted_cell_type"] = pd.Categorical(predicted)
         query.obs["prediction_confidence"] = confidence
-        query.obsm["X_sclabel"] = model.embed(X)
+        query.obsm["X_sclabel"] = embedding
         query.uns["sclabel_annotation"] = {"model": str(model_dir), "gene_overlap": overlap,
                                            "threshold": settings["threshold"], "labels": model.labels}
         io.write_h5ad(query, output)

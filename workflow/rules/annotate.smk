@@ -15,6 +15,7 @@ rule annotate:
     params:
         settings=config["annotate"],
         target_sum=config["qc"]["target_sum"],
+        store=config["store"],
     log:
         "results/logs/annotate.log",
     benchmark:

@@ -34,6 +34,8 @@ rule embedding_baseline:
     params:
         settings=lambda wildcards: config["baseline"].get(wildcards.method, {}),
         seed=config["baseline"]["seed"],
+        batch_size=config["pretrain"][config["baseline"]["embedding"].split("+")[0]]["batch_size"],
+        store=config["store"],
     log:
         "results/logs/baseline/{method}/{split}.log",
     benchmark:

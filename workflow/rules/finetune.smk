@@ -7,6 +7,7 @@ FINETUNE_PARAMS = {
         "renormalise": config["harmonise"]["renormalise"],
     },
     "checkpoints": lambda wildcards: f"results/checkpoints/{wildcards.method}/{wildcards.get('split', 'final')}",
+    "store": config["store"],
 }
 
 

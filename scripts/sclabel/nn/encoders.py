@@ -12,9 +12,9 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
-log = logging.getLogger(__name__)
+from sclabel.store import DEFAULT_BUFFER_CELLS, Matrix, row_blocks
 
-Matrix = sp.spmatrix | sp.sparray | np.ndarray
+log = logging.getLogger(__name__)
 
 
 def pick_device(requested: str = "auto") -> torch.device:
@@ -42,22 +42,31 @@ def iterate_minibatches(order: np.ndarray, batch_size: int) -> Iterator[np.ndarr
     yield from np.array_split(order, max(1, math.ceil(len(order) / batch_size)))
 
 
-def dense_batch(X: Matrix, rows: np.ndarray, device: torch.device) -> torch.Tensor:
-    """Rows ``rows`` of a sparse or dense matrix as a dense float32 tensor on ``device``."""
-    block = X[rows]
+def dense_tensor(block: sp.spmatrix | sp.sparray | np.ndarray, device: torch.device) -> torch.Tensor:
+    """A sparse or dense block of rows as a dense float32 tensor on ``device``."""
     block = block.toarray() if sp.issparse(block) else np.asarray(block)
     return torch.from_numpy(np.ascontiguousarray(block, dtype=np.float32)).to(device)
 
 
+def dense_batch(X: Matrix, rows: np.ndarray, device: torch.device) -> torch.Tensor:
+    """Rows ``rows`` of a sparse or dense matrix (or ``RowView``) as a dense float32 tensor on ``device``."""
+    return dense_tensor(X[rows], device)
+
+
 @torch.no_grad()
-def predict_batches(module: nn.Module, X: Matrix, batch_size: int = 1024) -> np.ndarray:
-    """Outputs of ``module`` (in eval mode) for every row of ``X``, computed batch by batch."""
+def predict_batches(module: nn.Module, X: Matrix, batch_size: int = 1024,
+                    buffer_cells: int = DEFAULT_BUFFER_CELLS) -> np.ndarray:
+    """Outputs of ``module`` (in eval mode) for every row of ``X``, ``batch_size`` rows per forward pass.
+
+    A ``RowView`` is read from disk ``buffer_cells`` rows at a time (``store.row_blocks``).
+    """
     device = next(module.parameters()).device
     was_training = module.training
     module.eval()
     try:
-        parts = [module(dense_batch(X, rows, device)).cpu().numpy()
-                 for rows in iterate_minibatches(np.arange(X.shape[0]), batch_size)]
+        batches = iterate_minibatches(np.arange(X.shape[0]), batch_size)
+        parts = [module(dense_tensor(block, device)).cpu().numpy()
+                 for _, block in row_blocks(X, batches, buffer_cells)]
     finally:
         module.train(was_training)
     return np.concatenate(parts)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import logging
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -16,8 +18,10 @@ from tqdm.auto import tqdm
 
 from sclabel.errors import InputError
 from sclabel.io import atomic_path
-from sclabel.nn.encoders import Matrix, dense_batch, iterate_minibatches, pick_device, predict_batches, seed_everything
+from sclabel.nn.encoders import Matrix, dense_tensor, iterate_minibatches, pick_device, predict_batches, seed_everything
+from sclabel.store import DEFAULT_BUFFER_CELLS, row_blocks
 
+log = logging.getLogger(__name__)
 IMBALANCE_MODES = ("sampler", "weighted_loss", "none")
 CHECKPOINT_NAME = "last.pt"
 EpochCallback = Callable[[int, dict], None]
@@ -108,15 +112,15 @@ def _new_progress() -> dict:
 
 def _train_epoch(encoder: nn.Module, head: nn.Module, X: Matrix, y: np.ndarray, order: np.ndarray,
                  optimizer: torch.optim.Optimizer, loss_fn: nn.Module, settings: FinetuneSettings,
-                 device: torch.device) -> float:
-    """One pass over ``order`` with gradient accumulation; mean batch loss."""
+                 device: torch.device, buffer_cells: int = DEFAULT_BUFFER_CELLS) -> float:
+    """One pass over ``order`` with gradient accumulation; mean batch loss. Rows are read ``buffer_cells`` at a time."""
     encoder.train(not settings.freeze_encoder)
     head.train()
     batches = list(iterate_minibatches(order, settings.batch_size))
     optimizer.zero_grad()
     total = 0.0
-    for i, rows in enumerate(batches, start=1):
-        loss = loss_fn(head(encoder(dense_batch(X, rows, device))), torch.from_numpy(y[rows]).to(device))
+    for i, (rows, block) in enumerate(row_blocks(X, batches, buffer_cells), start=1):
+        loss = loss_fn(head(encoder(dense_tensor(block, device))), torch.from_numpy(y[rows]).to(device))
         (loss / settings.grad_accum_steps).backward()
         if i % settings.grad_accum_steps == 0 or i == len(batches):
             optimizer.step()
@@ -125,9 +129,10 @@ def _train_epoch(encoder: nn.Module, head: nn.Module, X: Matrix, y: np.ndarray, 
     return total / len(batches)
 
 
-def evaluate(model: nn.Module, X: Matrix, y: np.ndarray) -> dict[str, float]:
+def evaluate(model: nn.Module, X: Matrix, y: np.ndarray, batch_size: int,
+             buffer_cells: int = DEFAULT_BUFFER_CELLS) -> dict[str, float]:
     """Cross-entropy, macro F1 and accuracy of ``model`` (encoder + head) on labelled cells."""
-    logits = torch.from_numpy(predict_batches(model, X))
+    logits = torch.from_numpy(predict_batches(model, X, batch_size, buffer_cells))
     pred = logits.argmax(dim=1).numpy()
     return {"val_loss": nn.functional.cross_entropy(logits, torch.from_numpy(y)).item(),
             "val_macro_f1": float(f1_score(y, pred, average="macro", zero_division=0)),
@@ -193,10 +198,11 @@ def _load_checkpoint(path: Path, encoder: nn.Module, head: nn.Module, optimizer:
 def fit_classifier(encoder: nn.Module, head: nn.Module, X_train: Matrix, y_train: np.ndarray, X_val: Matrix,
                    y_val: np.ndarray, settings: FinetuneSettings, seed: int = 0, device: str = "auto",
                    checkpoint_dir: Path | None = None, progress: bool = True,
-                   on_epoch_end: EpochCallback | None = None) -> dict:
+                   on_epoch_end: EpochCallback | None = None, buffer_cells: int = DEFAULT_BUFFER_CELLS) -> dict:
     """Train ``encoder`` + ``head`` on integer labels with early stopping on validation macro F1.
 
-    Leaves the best-epoch weights in the modules. With ``checkpoint_dir`` every epoch is saved to
+    ``X_train`` and ``X_val`` may be in memory or ``store.RowView``s read ``buffer_cells`` rows at a time; the
+    result is the same. Leaves the best-epoch weights in the modules. With ``checkpoint_dir`` every epoch is saved to
     ``last.pt`` and a run finding one continues from it, ending exactly as an uninterrupted run.
     ``on_epoch_end(epoch, history)`` is called after each epoch's checkpoint. The history lists
     per-epoch scores plus ``best_epoch``, ``best_val_macro_f1``, ``start_epoch`` and ``stopped_early``.
@@ -222,8 +228,14 @@ def fit_classifier(encoder: nn.Module, head: nn.Module, X_train: Matrix, y_train
     epochs = range(start_epoch, settings.epochs + 1) if not progress_state["finished"] else range(0)
     for epoch in tqdm(epochs, desc="fine-tune", disable=not progress):
         order = epoch_order(y_train, n_classes, settings.imbalance, generator)
-        train_loss = _train_epoch(encoder, head, X_train, y_train, order, optimizer, loss_fn, settings, device)
-        _record_epoch(progress_state, epoch, train_loss, evaluate(model, X_val, y_val), encoder, head, settings)
+        started = time.perf_counter()
+        train_loss = _train_epoch(encoder, head, X_train, y_train, order, optimizer, loss_fn, settings, device,
+                                  buffer_cells)
+        cells_per_s = len(order) / max(time.perf_counter() - started, 1e-9)
+        scores = evaluate(model, X_val, y_val, settings.batch_size, buffer_cells)
+        log.info("epoch %d: train loss %.4f, val loss %.4f, val macro F1 %.4f, %.0f training cells/s", epoch,
+                 train_loss, scores["val_loss"], scores["val_macro_f1"], cells_per_s)
+        _record_epoch(progress_state, epoch, train_loss, scores, encoder, head, settings)
         if checkpoint is not None:
             _save_checkpoint(checkpoint, progress_state, encoder, head, optimizer, generator, run_key)
         if on_epoch_end is not None:
