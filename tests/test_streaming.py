@@ -15,9 +15,9 @@ from sklearn.model_selection import train_test_split
 
 from sclabel import io, splits, training
 from sclabel.model import CellTypeAnnotator
-from sclabel.nn.encoders import MLPEncoder
+from sclabel.nn.encoders import MLPEncoder, predict_batches
 from sclabel.nn.finetune import ClassifierHead, FinetuneSettings, fit_classifier
-from sclabel.pipeline import predictions_table, write_predictions
+from sclabel.pipeline import baseline_on_features, predictions_table, read_split, write_predictions
 from sclabel.store import CellStore, write_store
 
 SETTINGS = FinetuneSettings(epochs=3, batch_size=64, patience=5)
@@ -148,3 +148,23 @@ def test_finetune_stage_predicts_the_test_cells_alike_for_any_chunking(symphony,
     assert (small["true"].to_numpy() == symphony["adata"].obs.loc[small["cell_id"], "cell_type"].astype(str)).all()
     pd.testing.assert_frame_equal(small, large, check_exact=False, rtol=1e-6, atol=1e-7)
     assert not (tmp_path / "small" / "checkpoints").exists()
+
+
+def test_embedding_baseline_on_the_split_cells_in_chunks_matches_the_whole_matrix_path(symphony, tmp_path):
+    adata = symphony["adata"]
+    torch.manual_seed(0)
+    encoder = MLPEncoder(adata.n_vars, out_dim=16).eval()
+    training.save_encoder(encoder, "mlp", list(adata.var_names), str(tmp_path / "encoder.pt"))
+    roles = pd.Series(np.nan, index=pd.Index(adata.obs_names, name="cell_id"), dtype=object)
+    roles.iloc[symphony["train"]], roles.iloc[symphony["test"]] = splits.TRAIN, splits.TEST  # val cells: not in it
+    io.write_tsv(roles.rename("cv0").to_frame(), tmp_path / "splits.tsv", index=True)
+    training.embedding_baseline_stage("knn_embedding", {}, 0, str(symphony["path"]), str(tmp_path / "splits.tsv"),
+                                      "cv0", str(tmp_path / "encoder.pt"), str(tmp_path / "streamed.tsv"),
+                                      batch_size=50, chunk_cells=37)
+    # the previous path: the whole matrix in memory, embedded at once
+    baseline_on_features("knn_embedding", {}, 0, predict_batches(encoder, adata.X), adata.obs_names,
+                         adata.obs["cell_type"].astype(str), read_split(str(tmp_path / "splits.tsv"), "cv0"),
+                         str(tmp_path / "memory.tsv"))
+    streamed, memory = (pd.read_csv(tmp_path / f"{name}.tsv", sep="\t") for name in ("streamed", "memory"))
+    assert len(streamed) == len(symphony["test"])
+    pd.testing.assert_frame_equal(streamed, memory, check_exact=False, rtol=1e-5, atol=1e-6)
