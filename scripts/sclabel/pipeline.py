@@ -11,19 +11,17 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from sclabel import baselines, datasets, io, metrics, qc, splits
+from sclabel import baselines, datasets, io, metrics, qc, splits, store
 
 log = logging.getLogger("sclabel")
 
 
 def download_stage(name: str, spec: Mapping[str, Any], settings: Mapping[str, Any], output: str,
-                   download_dir: str) -> None:
-    """Fetch or read one dataset and write it in the standard form."""
-    adata, source = datasets.acquire(name, spec, Path(download_dir), settings["retries"], settings["timeout_s"],
-                                     "config")
-    standard = datasets.standardise(adata, spec, name, source)
-    log.info("%s: %d cells x %d genes from %s", name, standard.n_obs, standard.n_vars, source)
-    io.write_h5ad(standard, output)
+                   download_dir: str, chunk_cells: int = store.DEFAULT_CHUNK_CELLS) -> None:
+    """Fetch or read one dataset and write it in the standard form as a cell store (h5ad sources by row chunks)."""
+    n_obs, n_vars, source = datasets.write_standard(name, spec, Path(download_dir), settings["retries"],
+                                                    settings["timeout_s"], "config", output, chunk_cells)
+    log.info("%s: %d cells x %d genes from %s", name, n_obs, n_vars, source)
 
 
 def qc_stage(input_h5ad: str, settings: Mapping[str, Any], output_h5ad: str, output_table: str) -> None:
