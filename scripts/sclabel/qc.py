@@ -162,8 +162,8 @@ def qc_store(input_path: str | Path, settings: Mapping[str, Any], output: str | 
                     n_genes.append(detected_genes_per_cell(chunk.X))
                     chunk = normalise(chunk, settings["target_sum"])
                     writer.append(chunk.X, {name: chunk.layers[name] for name in layers})
-            obs["n_genes"] = np.concatenate(n_genes)
-            obs["pct_mito"] = pct[keep]
+            writer.obs["n_genes"] = np.concatenate(n_genes)
+            writer.obs["pct_mito"] = pct[keep]
     return table
 
 
