@@ -54,7 +54,8 @@ def synthetic(n_cells: int, n_genes: int, nnz: int, seed: int = 0) -> ad.AnnData
         values = np.log1p(rng.geometric(0.4, size=int(indptr[-1]))).astype(np.float32)
         blocks.append(sp.csr_matrix((values, cols[fresh], indptr), shape=(rows, n_genes)))
     obs = pd.DataFrame(index=[f"cell{i}" for i in range(n_cells)])
-    return ad.AnnData(X=sp.vstack(blocks, format="csr"), obs=obs, var=pd.DataFrame(index=[f"g{j}" for j in range(n_genes)]))
+    var = pd.DataFrame(index=[f"g{j}" for j in range(n_genes)])
+    return ad.AnnData(X=sp.vstack(blocks, format="csr"), obs=obs, var=var)
 
 
 def write_chunked_x(adata: ad.AnnData, path: Path, elements: int) -> None:

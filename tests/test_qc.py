@@ -109,7 +109,8 @@ def downloaded(shared_data, tmp_path, specs: dict, chunk_cells: int) -> list[str
     """The datasets written by the download stage (as stores), by name."""
     paths = []
     for name, spec in specs.items():
-        spec = {key: value for key, value in spec.items() if key != "file"} | {"source": str(shared_data / spec["file"])}
+        spec = {key: value for key, value in spec.items() if key != "file"} | {
+            "source": str(shared_data / spec["file"])}
         paths.append(str(tmp_path / "raw" / f"{name}.h5ad"))
         pipeline.download_stage(name, spec, DOWNLOAD, paths[-1], str(tmp_path / "dl"), chunk_cells)
     return paths
