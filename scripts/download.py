@@ -5,7 +5,8 @@ from sclabel.runner import run_step
 
 
 def main(sm) -> None:
-    download_stage(sm.wildcards.dataset, sm.params.spec, sm.params.settings, sm.output[0], sm.params.download_dir)
+    download_stage(sm.wildcards.dataset, sm.params.spec, sm.params.settings, sm.output[0], sm.params.download_dir,
+                   sm.params.chunk_cells)
 
 
 run_step(snakemake, main)  # noqa: F821 (injected by Snakemake)

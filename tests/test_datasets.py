@@ -13,7 +13,7 @@ import pytest
 import scipy.io
 import scipy.sparse as sp
 
-from sclabel import datasets, qc
+from sclabel import datasets, pipeline, qc
 from sclabel.errors import InputError
 
 GENES = [f"G{i}" for i in range(6)] + ["MT-CO1"]
@@ -36,9 +36,12 @@ def labels(cells) -> pd.Series:
 
 
 def standard(path: Path, **spec) -> ad.AnnData:
+    """The dataset as the download stage writes it (h5ad sources 3 rows at a time), read back."""
     spec = {"source": str(path), "values": "counts", **spec}
-    adata, source = datasets.acquire("toy", spec, path.parent / "dl", 0, 5.0, "config")
-    return datasets.standardise(adata, spec, "toy", source)
+    output = path.parent / "out" / "toy.h5ad"
+    pipeline.download_stage("toy", spec, {"retries": 0, "timeout_s": 5.0}, str(output), str(path.parent / "dl"),
+                            chunk_cells=3)
+    return ad.read_h5ad(output)
 
 
 def write_h5ad(tmp_path: Path, X, cells, obs: dict | None = None) -> Path:
@@ -70,6 +73,20 @@ def test_h5ad_round_trip_with_batch_and_donor(tmp_path, counts, cells, labels):
     assert adata.obs["cell_type"].tolist() == labels.tolist()
     assert adata.obs["batch"].unique().tolist() == ["v2"]
     assert adata.obs["donor"].tolist() == ["d1", "d2"] * 4
+
+
+def test_h5ad_streamed_by_chunks_equals_the_in_memory_form(tmp_path, counts, cells, labels):
+    obs = {"ct": labels, "species": pd.Categorical(["human", "mouse"] * 4)}
+    for X in (counts, counts.toarray()):  # CSR and dense X stream alike
+        path = write_h5ad(tmp_path, X, cells, obs)
+        spec = {"source": str(path), "values": "counts", "label_key": "ct", "obs_filter": {"species": ["human"]}}
+        adata = standard(path, **{key: value for key, value in spec.items() if key != "source"})
+        expected = datasets.standardise(ad.read_h5ad(path), spec, "toy", str(path))
+        assert adata.n_obs == 4 and (adata.X != expected.X).nnz == 0
+        pd.testing.assert_frame_equal(adata.obs, expected.obs)
+        assert adata.obs["species"].cat.categories.tolist() == ["human"]  # as adata[keep] leaves it
+        with h5py.File(tmp_path / "out" / "toy.h5ad") as handle:
+            assert handle["X"]["data"].compression is None and handle["X"]["data"].chunks is not None
 
 
 def test_10x_mtx_folder(tmp_path, counts, cells, labels):
@@ -145,20 +162,21 @@ def test_missing_file(tmp_path):
 
 def test_non_finite_values(tmp_path, counts, cells, labels):
     X = counts.toarray()
-    X[2, 3] = np.nan
+    X[2, 3] = X[6, 1] = np.nan
     path = write_h5ad(tmp_path, sp.csr_matrix(X), cells, {"ct": labels})
     with pytest.raises(InputError) as err:
         standard(path, label_key="ct")
-    assert_one_line(err, str(path), "X", "non-finite")
+    assert_one_line(err, str(path), "X", "2 non-finite")  # counted over every chunk
 
 
 def test_negative_counts(tmp_path, counts, cells, labels):
     X = counts.toarray()
-    X[0, 0] = -1
+    X[7, 0] = -1  # in the last chunk: nothing may be kept
     path = write_h5ad(tmp_path, sp.csr_matrix(X), cells, {"ct": labels})
     with pytest.raises(InputError) as err:
         standard(path, label_key="ct")
     assert_one_line(err, str(path), "negative counts")
+    assert not list((tmp_path / "out").iterdir())
 
 
 def test_duplicate_cell_ids(tmp_path, counts, labels):

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from sclabel import qc
+from sclabel import pipeline, qc
 
 SETTINGS = {"min_genes": 3, "max_pct_mito": 30.0, "mito_prefix": "MT-", "min_cells": 2, "target_sum": 1e4}
 
@@ -87,3 +87,95 @@ def test_combine_renormalises_studies_on_different_scales_to_one():
     assert np.allclose(rescaled.X[:4].toarray(), rescaled.X[4:].toarray(), atol=1e-4)
     assert np.allclose(np.expm1(rescaled.X.toarray()).sum(axis=1), 1e4, rtol=1e-4)
     assert rescaled.uns["sclabel"]["renormalised_to"] == 1e4
+
+
+# --- the chunked stages against the in-memory functions, on real data ---------------------------------------------
+
+DOWNLOAD = {"retries": 0, "timeout_s": 5.0}
+PANCREAS = {
+    "pancreas_xin": {"file": "pancreas_xin.h5ad", "label_key": "cell_type", "values": "log1p"},
+    "pancreas_wang": {"file": "pancreas_wang.h5ad", "label_key": "cell_type", "values": "log1p"},
+    "pancreas_baron": {"file": "pancreas_baron_toy.h5ad", "label_key": "cell_type", "values": "counts",
+                       "obs_filter": {"species": ["human"]}, "label_map": {"activated_stellate": "stellate"}},
+}
+PBMC = {
+    "pbmc_symphony": {"file": "pbmc_symphony.h5ad", "label_key": "cell_type", "batch_key": "protocol",
+                      "values": "log1p"},
+    "pbmc_donorA": {"file": "pbmc_donorA_unlabelled.h5ad", "values": "counts"},
+}
+
+
+def downloaded(shared_data, tmp_path, specs: dict, chunk_cells: int) -> list[str]:
+    """The datasets written by the download stage (as stores), by name."""
+    paths = []
+    for name, spec in specs.items():
+        spec = {key: value for key, value in spec.items() if key != "file"} | {
+            "source": str(shared_data / spec["file"])}
+        paths.append(str(tmp_path / "raw" / f"{name}.h5ad"))
+        pipeline.download_stage(name, spec, DOWNLOAD, paths[-1], str(tmp_path / "dl"), chunk_cells)
+    return paths
+
+
+def assert_same_data(expected: ad.AnnData, path: str) -> None:
+    """The store at ``path`` holds exactly ``expected``: X, layers, obs, var and uns."""
+    actual = ad.read_h5ad(path)
+    assert actual.X.shape == expected.X.shape and (sp.csr_matrix(actual.X) != expected.X).nnz == 0
+    assert sorted(actual.layers) == sorted(expected.layers)
+    for name in expected.layers:
+        assert (sp.csr_matrix(actual.layers[name]) != sp.csr_matrix(expected.layers[name])).nnz == 0
+    pd.testing.assert_frame_equal(actual.obs, expected.obs)
+    pd.testing.assert_frame_equal(actual.var, expected.var)
+    assert set(actual.uns) == set(expected.uns)
+    assert {key: np.asarray(value).tolist() for key, value in actual.uns["sclabel"].items()} == {
+        key: np.asarray(value).tolist() for key, value in expected.uns["sclabel"].items()}
+
+
+@pytest.mark.parametrize("name", ["pancreas_baron", "pbmc_symphony", "pbmc_donorA"])
+def test_qc_stage_by_chunks_equals_in_memory_qc_on_real_data(shared_data, tmp_path, name):
+    specs = {**PANCREAS, **PBMC}
+    (raw,) = downloaded(shared_data, tmp_path, {name: specs[name]}, chunk_cells=170)
+    adata = ad.read_h5ad(raw)
+    median_genes = int(np.median(np.diff(adata.X.indptr)))  # so that min_genes removes about half the cells
+    settings = {"min_genes": median_genes, "max_pct_mito": 5.0, "mito_prefix": "MT-", "min_cells": 5,
+                "target_sum": 1e4}
+    pipeline.qc_stage(raw, settings, str(tmp_path / "qc.h5ad"), str(tmp_path / "qc.tsv"), chunk_cells=97)
+    expected, table = qc.qc_filter(adata, settings, adata.uns["sclabel"]["source"])
+    expected = qc.normalise(expected, settings["target_sum"])
+    assert_same_data(expected, str(tmp_path / "qc.h5ad"))
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "qc.tsv", sep="\t"), table)
+    assert table.set_index("step").loc[["min_genes", "min_cells"], "removed"].gt(0).all()  # the filters bite
+
+
+@pytest.mark.parametrize(("specs", "harmonise"), [
+    (PANCREAS, {"gene_join": "inner", "case": "keep", "renormalise": True}),   # log + counts data, rescaled
+    (PBMC, {"gene_join": "labelled", "case": "keep", "renormalise": False}),  # unlabelled donor A zero-filled
+    (PBMC, {"gene_join": "outer", "case": "upper", "renormalise": False}),
+])
+def test_harmonise_stage_by_chunks_equals_combine_on_real_data(shared_data, tmp_path, specs, harmonise):
+    settings = {"min_genes": 10, "max_pct_mito": 100, "mito_prefix": "MT-", "min_cells": 0, "target_sum": 1e4}
+    qc_files = []
+    for name, raw in zip(specs, downloaded(shared_data, tmp_path, specs, chunk_cells=300)):
+        qc_files.append(str(tmp_path / f"{name}.qc.h5ad"))
+        pipeline.qc_stage(raw, settings, qc_files[-1], str(tmp_path / f"{name}.tsv"), chunk_cells=250)
+    output = str(tmp_path / "combined.h5ad")
+    pipeline.harmonise_stage(qc_files, list(specs), harmonise, 1e4, output, str(tmp_path / "genes.tsv"),
+                             chunk_cells=123)
+    expected, report = qc.combine([ad.read_h5ad(path) for path in qc_files], harmonise["gene_join"],
+                                  harmonise["case"], list(specs), 1e4 if harmonise["renormalise"] else None)
+    assert_same_data(expected, output)
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "genes.tsv", sep="\t"), report)
+
+
+def test_split_stage_reads_no_matrix(shared_data, tmp_path, monkeypatch):
+    (raw,) = downloaded(shared_data, tmp_path, {"pbmc_symphony": PBMC["pbmc_symphony"]}, chunk_cells=500)
+    from sclabel import store
+
+    def no_matrix(*args, **kwargs):
+        raise AssertionError("the split stage read the matrix")
+
+    monkeypatch.setattr(store.CellStore, "read", no_matrix)
+    monkeypatch.setattr(ad, "read_h5ad", no_matrix)
+    settings = {"scheme": "lodo", "lodo_key": "batch", "holdout": None, "n_folds": 3, "val_fraction": 0.1, "seed": 0}
+    pipeline.split_stage(raw, settings, str(tmp_path / "splits.tsv"), str(tmp_path / "classes.tsv"))
+    table = pd.read_csv(tmp_path / "splits.tsv", sep="\t", index_col=0)
+    assert list(table.columns) == ["lodo_3pv1", "lodo_3pv2", "lodo_5p", "final"] and len(table) == 1200

@@ -12,11 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import anndata as ad
+import h5py
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+from anndata.io import read_elem, sparse_dataset
 
 from sclabel.errors import InputError
+from sclabel.store import RowWriter, write_store
 
 BUILTIN_DATASETS = ("pbmc68k_reduced",)
 CSV_CHUNK_ROWS = 2000
@@ -108,11 +111,17 @@ def attach_labels(adata: ad.AnnData, labels_file: Path, label_key: str) -> None:
         adata.obs[column] = table.loc[adata.obs_names, column].to_numpy()
 
 
+def existing(path: Path) -> Path:
+    """``path``, refused with a one-line error when it does not exist."""
+    if not path.exists():
+        raise InputError(path, "source", "file not found", "fix the path in config datasets.<name>.source")
+    return path
+
+
 def read_any(path: Path, spec: Mapping[str, Any]) -> ad.AnnData:
     """Read ``path`` in the format the dataset spec names."""
     fmt = spec.get("format", "h5ad")
-    if not path.exists():
-        raise InputError(path, "source", "file not found", "fix the path in config datasets.<name>.source")
+    existing(path)
     if fmt == "h5ad":
         return read_h5ad(path)
     if fmt in ("10x_h5", "10x_mtx"):
@@ -124,87 +133,176 @@ def read_any(path: Path, spec: Mapping[str, Any]) -> ad.AnnData:
     return adata
 
 
-def check_matrix(adata: ad.AnnData, source: str, values: str) -> None:
-    """Refuse empty, non-finite or negative matrices with a one-line error."""
-    if adata.n_obs == 0 or adata.n_vars == 0:
-        raise InputError(source, "X", f"the dataset is empty ({adata.n_obs} cells x {adata.n_vars} genes)",
+def check_shape(n_obs: int, n_vars: int, source: str) -> None:
+    """Refuse a dataset without cells or genes."""
+    if n_obs == 0 or n_vars == 0:
+        raise InputError(source, "X", f"the dataset is empty ({n_obs} cells x {n_vars} genes)",
                          "point the source at a file with cells and genes")
-    data = adata.X.data if sp.issparse(adata.X) else np.asarray(adata.X)
-    if not np.all(np.isfinite(data)):
-        raise InputError(source, "X", f"{int(np.sum(~np.isfinite(data)))} non-finite values (NaN/inf)",
+
+
+def value_summary(data: np.ndarray) -> tuple[int, float]:
+    """(number of non-finite values, smallest value) of a matrix's stored values, for ``check_values``."""
+    return int(np.sum(~np.isfinite(data))), float(data.min()) if data.size else 0.0
+
+
+def check_values(n_non_finite: int, minimum: float, source: str, values: str) -> None:
+    """Refuse non-finite or negative values (counted over the whole matrix, possibly chunk by chunk)."""
+    if n_non_finite:
+        raise InputError(source, "X", f"{n_non_finite} non-finite values (NaN/inf)",
                          "replace missing values with 0 or remove the affected cells")
-    if data.size and data.min() < 0:
+    if minimum < 0:
         kind = "negative counts" if values == "counts" else "negative values (scaled data?)"
         raise InputError(source, "X", kind,
                          f"give raw counts or log1p-normalised values; values: is '{values}'")
 
 
-def check_ids(adata: ad.AnnData, source: str) -> None:
+def check_matrix(adata: ad.AnnData, source: str, values: str) -> None:
+    """Refuse empty, non-finite or negative matrices with a one-line error."""
+    check_shape(adata.n_obs, adata.n_vars, source)
+    check_values(*value_summary(adata.X.data if sp.issparse(adata.X) else np.asarray(adata.X)), source, values)
+
+
+def check_ids(obs_names: pd.Index, source: str) -> None:
     """Refuse duplicate cell ids."""
-    duplicated = adata.obs_names[adata.obs_names.duplicated()]
+    duplicated = obs_names[obs_names.duplicated()]
     if len(duplicated):
         raise InputError(source, "obs_names", f"{len(duplicated)} duplicate cell ids, e.g. '{duplicated[0]}'",
                          "make cell ids unique (e.g. adata.obs_names_make_unique())")
 
 
-def label_column(adata: ad.AnnData, label_key: str, source: str) -> pd.Series:
+def label_column(obs: pd.DataFrame, label_key: str, source: str) -> pd.Series:
     """The label column as strings; refuse a missing column or missing labels."""
-    if label_key not in adata.obs:
+    if label_key not in obs:
         raise InputError(source, f"obs['{label_key}']", "label column not found",
-                         f"set datasets.<name>.label_key to one of: {', '.join(map(str, adata.obs.columns)) or 'none'}"
+                         f"set datasets.<name>.label_key to one of: {', '.join(map(str, obs.columns)) or 'none'}"
                          " or remove it for an unlabelled dataset")
-    labels = adata.obs[label_key]
+    labels = obs[label_key]
     if labels.isna().any():
         raise InputError(source, f"obs['{label_key}']", f"{int(labels.isna().sum())} cells have no label",
                          "drop unlabelled cells or fill the labels")
     return labels.astype(str)
 
 
-def filter_cells(adata: ad.AnnData, obs_filter: Mapping[str, Sequence[str]], source: str) -> ad.AnnData:
-    """Keep the cells whose obs columns hold one of the allowed values (e.g. ``{species: [human]}``)."""
-    keep = np.ones(adata.n_obs, dtype=bool)
+def subset_obs(obs: pd.DataFrame, keep: np.ndarray) -> pd.DataFrame:
+    """The rows ``keep`` of ``obs`` as ``adata[keep].copy()`` gives them: unused categories dropped."""
+    obs = obs[keep].copy()
+    for column in obs.columns:
+        if isinstance(obs[column].dtype, pd.CategoricalDtype):
+            obs[column] = obs[column].cat.remove_unused_categories()
+    return obs
+
+
+def filter_cells(obs: pd.DataFrame, obs_filter: Mapping[str, Sequence[str]] | None,
+                 source: str) -> tuple[pd.DataFrame, np.ndarray]:
+    """(obs of the kept cells, keep mask): cells whose obs columns hold an allowed value (``{species: [human]}``).
+
+    Without a filter every cell is kept and ``obs`` is returned as it is.
+    """
+    keep = np.ones(len(obs), dtype=bool)
+    if not obs_filter:
+        return obs, keep
     for column, allowed in obs_filter.items():
-        if column not in adata.obs:
+        if column not in obs:
             raise InputError(source, f"obs['{column}']", "obs_filter column not found",
-                             f"use one of: {', '.join(map(str, adata.obs.columns))}")
-        keep &= adata.obs[column].astype(str).isin([str(value) for value in allowed]).to_numpy()
-    return adata[keep].copy()
+                             f"use one of: {', '.join(map(str, obs.columns))}")
+        keep &= obs[column].astype(str).isin([str(value) for value in allowed]).to_numpy()
+    return subset_obs(obs, keep), keep
 
 
-def standardise(adata: ad.AnnData, spec: Mapping[str, Any], name: str, source: str) -> ad.AnnData:
-    """Convert a freshly read dataset into the standard form described in this module."""
-    values = spec.get("values", "counts")
-    if spec.get("obs_filter"):
-        adata = filter_cells(adata, spec["obs_filter"], source)
-    adata.var_names = adata.var_names.astype(str).str.strip()
-    adata.var_names_make_unique()
-    adata.obs_names = adata.obs_names.astype(str)
-    check_ids(adata, source)
+def standard_var(var_names: pd.Index) -> pd.DataFrame:
+    """The standard var table: gene names stripped and made unique as ``var_names_make_unique`` does."""
+    return pd.DataFrame(index=ad.utils.make_index_unique(pd.Index(var_names.astype(str).str.strip())))
+
+
+def standard_obs(obs: pd.DataFrame, spec: Mapping[str, Any], name: str, source: str) -> pd.DataFrame:
+    """The standard obs of a dataset's (filtered) cells: its columns plus cell_type, dataset, batch and donor."""
+    obs = obs.set_axis(obs.index.astype(str))
+    check_ids(obs.index, source)
     for key in ("batch_key", "donor_key"):
-        if spec.get(key) and spec[key] not in adata.obs:
+        if spec.get(key) and spec[key] not in obs:
             raise InputError(source, f"obs['{spec[key]}']", f"{key} column not found",
                              f"set datasets.<name>.{key} to an existing obs column or remove it")
-    matrix = sp.csr_matrix(adata.X, dtype=np.float32)
-    standard = ad.AnnData(X=matrix, obs=adata.obs.copy(), var=pd.DataFrame(index=adata.var_names))
-    check_matrix(standard, source, values)
+    standard = obs.copy()
     if spec.get("label_key"):
-        labels = label_column(adata, spec["label_key"], source)
-        standard.obs["cell_type"] = pd.Categorical(labels.replace(dict(spec.get("label_map") or {})))
-    standard.obs["dataset"] = pd.Categorical([name] * adata.n_obs)
-    batch = adata.obs[spec["batch_key"]].astype(str).to_numpy() if spec.get("batch_key") else [name] * adata.n_obs
-    standard.obs["batch"] = pd.Categorical(batch)
+        labels = label_column(obs, spec["label_key"], source)
+        standard["cell_type"] = pd.Categorical(labels.replace(dict(spec.get("label_map") or {})))
+    standard["dataset"] = pd.Categorical([name] * len(obs))
+    standard["batch"] = pd.Categorical(obs[spec["batch_key"]].astype(str).to_numpy() if spec.get("batch_key")
+                                       else [name] * len(obs))
     if spec.get("donor_key"):
-        standard.obs["donor"] = pd.Categorical(adata.obs[spec["donor_key"]].astype(str))
-    standard.uns["sclabel"] = {"values": values, "species": spec.get("species", "unknown"), "source": source}
+        standard["donor"] = pd.Categorical(obs[spec["donor_key"]].astype(str))
     return standard
 
 
-def acquire(name: str, spec: Mapping[str, Any], download_dir: Path, retries: int, timeout_s: float,
-            config_file: str) -> tuple[ad.AnnData, str]:
-    """Fetch (when remote) and read one configured dataset; returns it with a description of its source."""
+def standard_uns(spec: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """``uns['sclabel']`` of the standard form: what X holds, the species and the source."""
+    return {"sclabel": {"values": spec.get("values", "counts"), "species": spec.get("species", "unknown"),
+                        "source": source}}
+
+
+def standardise(adata: ad.AnnData, spec: Mapping[str, Any], name: str, source: str) -> ad.AnnData:
+    """Convert a dataset read into memory into the standard form described in this module."""
+    obs, keep = filter_cells(adata.obs, spec.get("obs_filter"), source)
+    obs = standard_obs(obs, spec, name, source)
+    X = adata.X if keep.all() else adata.X[np.flatnonzero(keep)]
+    standard = ad.AnnData(X=sp.csr_matrix(X, dtype=np.float32), obs=obs, var=standard_var(adata.var_names),
+                          uns=standard_uns(spec, source))
+    check_matrix(standard, source, spec.get("values", "counts"))
+    return standard
+
+
+def open_h5ad_rows(path: Path) -> tuple[h5py.File, pd.DataFrame, pd.DataFrame, Any] | None:
+    """(open file, obs, var, X readable by row slices) of an h5ad with a CSR or dense ``X``; None otherwise."""
+    try:
+        handle = h5py.File(path, "r")
+    except OSError:
+        return None
+    try:
+        obs, var = read_elem(handle["obs"]), read_elem(handle["var"])
+        element = handle["X"]
+        if isinstance(element, h5py.Dataset) and element.ndim == 2:
+            return handle, obs, var, element
+        X = sparse_dataset(element)
+        if X.format == "csr":
+            return handle, obs, var, X
+    except Exception:  # legacy layouts and corrupt files go to the in-memory reader, which reports them
+        pass
+    handle.close()
+    return None
+
+
+def stream_h5ad(path: Path, spec: Mapping[str, Any], name: str, source: str, output: str | Path,
+                chunk_cells: int) -> tuple[int, int] | None:
+    """Standardise an h5ad into the store at ``output`` reading ``X`` by row chunks; None if ``X`` is not CSR/dense.
+
+    Only obs and var are held in memory; the value checks run over every chunk before the file is kept.
+    """
+    opened = open_h5ad_rows(path)
+    if opened is None:
+        return None
+    handle, raw_obs, raw_var, X = opened
+    values = spec.get("values", "counts")
+    with handle:
+        obs, keep = filter_cells(raw_obs, spec.get("obs_filter"), source)
+        obs = standard_obs(obs, spec, name, source)
+        var = standard_var(raw_var.index)
+        check_shape(len(obs), len(var), source)
+        n_non_finite, minimum = 0, 0.0
+        with RowWriter(output, obs, var, standard_uns(spec, source)) as writer:
+            for start in range(0, len(keep), chunk_cells):
+                stop = min(start + chunk_cells, len(keep))
+                chunk = sp.csr_matrix(X[start:stop], dtype=np.float32)[np.flatnonzero(keep[start:stop])]
+                bad, low = value_summary(chunk.data)
+                n_non_finite, minimum = n_non_finite + bad, min(minimum, low)
+                writer.append(chunk)
+            check_values(n_non_finite, minimum, source, values)
+    return len(obs), len(var)
+
+
+def local_file(name: str, spec: Mapping[str, Any], download_dir: Path, retries: int, timeout_s: float,
+               config_file: str) -> Path:
+    """Local path of a file or URL source: downloaded, checksum-checked and unpacked as needed."""
     source = spec["source"]
-    if source.startswith("builtin:"):
-        return load_builtin(source[len("builtin:"):], config_file), source
     from sclabel import fetch
 
     if is_remote(source):
@@ -228,4 +326,34 @@ def acquire(name: str, spec: Mapping[str, Any], download_dir: Path, retries: int
         if not extracted or not local.exists():
             raise InputError(source, "path_in_archive", f"'{member}' is not in the archive",
                              "fix datasets.<name>.path_in_archive")
-    return read_any(local, spec), source
+    return local
+
+
+def acquire(name: str, spec: Mapping[str, Any], download_dir: Path, retries: int, timeout_s: float,
+            config_file: str) -> tuple[ad.AnnData, str]:
+    """Fetch (when remote) and read one configured dataset into memory; returns it with its source."""
+    source = spec["source"]
+    if source.startswith("builtin:"):
+        return load_builtin(source[len("builtin:"):], config_file), source
+    return read_any(local_file(name, spec, download_dir, retries, timeout_s, config_file), spec), source
+
+
+def write_standard(name: str, spec: Mapping[str, Any], download_dir: Path, retries: int, timeout_s: float,
+                   config_file: str, output: str | Path, chunk_cells: int) -> tuple[int, int, str]:
+    """Fetch or read one dataset and write it in standard form as a cell store; returns (cells, genes, source).
+
+    h5ad sources with a CSR or dense ``X`` stream by row chunks (memory independent of the cell count); 10x, CSV,
+    builtin and other h5ad layouts are read into memory first.
+    """
+    source = spec["source"]
+    if not source.startswith("builtin:") and spec.get("format", "h5ad") == "h5ad":
+        local = existing(local_file(name, spec, download_dir, retries, timeout_s, config_file))
+        shape = stream_h5ad(local, spec, name, source, output, chunk_cells)
+        if shape is not None:
+            return (*shape, source)
+        adata = read_h5ad(local)
+    else:
+        adata, source = acquire(name, spec, download_dir, retries, timeout_s, config_file)
+    standard = standardise(adata, spec, name, source)
+    write_store(standard, output, chunk_cells)
+    return standard.n_obs, standard.n_vars, source

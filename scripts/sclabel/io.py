@@ -54,7 +54,7 @@ def atomic_folder(dest: str | os.PathLike[str]) -> Iterator[Path]:
 
 
 def write_h5ad(adata: ad.AnnData, dest: str | os.PathLike[str]) -> None:
-    """Write ``adata`` to ``dest`` atomically (compressed)."""
+    """Write ``adata`` to ``dest`` atomically (gzip): user-facing outputs; the data path writes ``sclabel.store``."""
     with atomic_path(dest) as tmp:
         adata.write_h5ad(tmp, compression="gzip")
 

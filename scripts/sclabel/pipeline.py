@@ -11,44 +11,41 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from sclabel import baselines, datasets, io, metrics, qc, splits
+from sclabel import baselines, datasets, io, metrics, qc, splits, store
 
 log = logging.getLogger("sclabel")
 
 
 def download_stage(name: str, spec: Mapping[str, Any], settings: Mapping[str, Any], output: str,
-                   download_dir: str) -> None:
-    """Fetch or read one dataset and write it in the standard form."""
-    adata, source = datasets.acquire(name, spec, Path(download_dir), settings["retries"], settings["timeout_s"],
-                                     "config")
-    standard = datasets.standardise(adata, spec, name, source)
-    log.info("%s: %d cells x %d genes from %s", name, standard.n_obs, standard.n_vars, source)
-    io.write_h5ad(standard, output)
+                   download_dir: str, chunk_cells: int = store.DEFAULT_CHUNK_CELLS) -> None:
+    """Fetch or read one dataset and write it in the standard form as a cell store (h5ad sources by row chunks)."""
+    n_obs, n_vars, source = datasets.write_standard(name, spec, Path(download_dir), settings["retries"],
+                                                    settings["timeout_s"], "config", output, chunk_cells)
+    log.info("%s: %d cells x %d genes from %s", name, n_obs, n_vars, source)
 
 
-def qc_stage(input_h5ad: str, settings: Mapping[str, Any], output_h5ad: str, output_table: str) -> None:
-    """Filter cells and genes, normalise, and write the data with a table of what was removed."""
-    adata = ad.read_h5ad(input_h5ad)
-    source = adata.uns["sclabel"]["source"]
-    adata, removed = qc.qc_filter(adata, settings, source)
-    adata = qc.normalise(adata, settings["target_sum"])
-    log.info("QC kept %d cells x %d genes\n%s", adata.n_obs, adata.n_vars, removed.to_string(index=False))
+def qc_stage(input_h5ad: str, settings: Mapping[str, Any], output_h5ad: str, output_table: str,
+             chunk_cells: int = store.DEFAULT_CHUNK_CELLS) -> None:
+    """Filter cells and genes, normalise, and write the data with a table of what was removed (chunk by chunk)."""
+    removed = qc.qc_store(input_h5ad, settings, output_h5ad, chunk_cells)
+    remaining = removed.set_index("step")["remaining"]
+    log.info("QC kept %d cells x %d genes\n%s", remaining["max_pct_mito"], remaining["min_cells"],
+             removed.to_string(index=False))
     io.write_tsv(removed, output_table)
-    io.write_h5ad(adata, output_h5ad)
 
 
 def harmonise_stage(inputs: Sequence[str], names: Sequence[str], settings: Mapping[str, Any], target_sum: float,
-                    output_h5ad: str, output_table: str) -> None:
-    """Combine the QC'd datasets on harmonised gene names (renormalised per cell over them when asked)."""
-    combined, report = qc.combine([ad.read_h5ad(path) for path in inputs], settings["gene_join"],
-                                  settings["case"], names, target_sum if settings["renormalise"] else None)
-    log.info("combined %d cells x %d genes (%s join)\n%s", combined.n_obs, combined.n_vars,
-             settings["gene_join"], report.to_string(index=False))
+                    output_h5ad: str, output_table: str, chunk_cells: int = store.DEFAULT_CHUNK_CELLS) -> None:
+    """Combine the QC'd datasets on harmonised gene names (renormalised per cell over them when asked), by chunks."""
+    report = qc.harmonise_stores(inputs, names, settings["gene_join"], settings["case"], output_h5ad,
+                                 target_sum if settings["renormalise"] else None, chunk_cells)
+    n_genes = report["genes_in_combined"].iloc[0] + report["genes_zero_filled"].iloc[0]
+    log.info("combined %d cells x %d genes (%s join)\n%s", report["cells"].sum(), n_genes, settings["gene_join"],
+             report.to_string(index=False))
     io.write_tsv(report, output_table)
-    io.write_h5ad(combined, output_h5ad)
 
 
-def labelled_cells(adata: ad.AnnData) -> pd.Series:
+def labelled_cells(adata: ad.AnnData | store.CellStore) -> pd.Series:
     """Labels of the cells that have one (unlabelled datasets have none)."""
     if "cell_type" not in adata.obs:
         return pd.Series([], dtype=str)
@@ -57,14 +54,17 @@ def labelled_cells(adata: ad.AnnData) -> pd.Series:
 
 
 def split_stage(input_h5ad: str, settings: Mapping[str, Any], output_splits: str, output_classes: str) -> None:
-    """Write each split's role (train / val / test) for every labelled cell, and the class counts per split."""
-    adata = ad.read_h5ad(input_h5ad, backed="r")
-    labels = labelled_cells(adata)
+    """Write each split's role (train / val / test) for every labelled cell, and the class counts per split.
+
+    Reads the cells' obs table only, never the matrix.
+    """
+    with store.CellStore(input_h5ad) as cells:
+        obs, labels = cells.obs, labelled_cells(cells)
     if settings["scheme"] == "cv":
         table = splits.stratified_cv(labels.index, labels, settings["n_folds"], settings["val_fraction"],
                                      settings["seed"], source=input_h5ad)
     else:
-        groups = adata.obs.loc[labels.index, settings["lodo_key"]].astype(str)
+        groups = obs.loc[labels.index, settings["lodo_key"]].astype(str)
         holdout = settings["holdout"] or sorted(groups.unique())
         table = splits.leave_one_group_out(labels.index, labels, groups, holdout, settings["val_fraction"],
                                            settings["seed"], source=input_h5ad)

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import anndata as ad
+import h5py
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from sclabel.datasets import subset_obs
 from sclabel.errors import InputError
+from sclabel.store import DEFAULT_CHUNK_CELLS, CellStore, RowWriter
+
+
+NORMALISED = "log1p_cp10k"
 
 
 def detected_genes_per_cell(X: sp.csr_matrix) -> np.ndarray:
@@ -18,53 +25,93 @@ def detected_genes_per_cell(X: sp.csr_matrix) -> np.ndarray:
     return np.diff(X.indptr) if sp.isspmatrix_csr(X) else np.asarray((X > 0).sum(axis=1)).ravel()
 
 
-def counts_scale(adata: ad.AnnData) -> sp.csr_matrix:
+def cells_per_gene(X: sp.spmatrix) -> np.ndarray:
+    """Number of cells with a positive value for each gene."""
+    return np.asarray((X > 0).sum(axis=0)).ravel()
+
+
+def counts_scale(X: sp.spmatrix, values: str) -> sp.csr_matrix:
     """The matrix on a count-like scale (expm1 of log values), for library sizes and mito fractions."""
-    X = sp.csr_matrix(adata.X)
-    if adata.uns["sclabel"]["values"] == "log1p":
+    X = sp.csr_matrix(X)
+    if values == "log1p":
         X = X.copy()
         X.data = np.expm1(X.data)
     return X
 
 
+def mito_genes(var_names: pd.Index, prefix: str) -> np.ndarray:
+    """Mask of mitochondrial genes: names starting with ``prefix``, case-insensitive."""
+    return np.asarray(var_names.str.upper().str.startswith(prefix.upper()), dtype=bool)
+
+
+def percent_on(X: sp.csr_matrix, genes: np.ndarray) -> np.ndarray:
+    """Percent of each cell's total (count scale) on the genes of the mask ``genes``."""
+    total = np.asarray(X.sum(axis=1)).ravel()
+    part = np.asarray(X[:, np.flatnonzero(genes)].sum(axis=1)).ravel() if genes.any() else np.zeros_like(total)
+    return np.divide(100.0 * part, total, out=np.zeros_like(total), where=total > 0)
+
+
 def mito_percent(adata: ad.AnnData, prefix: str) -> np.ndarray:
     """Percent of each cell's counts on mitochondrial genes (names starting with ``prefix``, case-insensitive)."""
-    X = counts_scale(adata)
-    mito = adata.var_names.str.upper().str.startswith(prefix.upper())
-    total = np.asarray(X.sum(axis=1)).ravel()
-    mito_total = np.asarray(X[:, np.flatnonzero(mito)].sum(axis=1)).ravel() if mito.any() else np.zeros_like(total)
-    return np.divide(100.0 * mito_total, total, out=np.zeros_like(total), where=total > 0)
+    return percent_on(counts_scale(adata.X, adata.uns["sclabel"]["values"]), mito_genes(adata.var_names, prefix))
+
+
+def cell_metrics(X: sp.spmatrix, mito: np.ndarray, values: str) -> tuple[np.ndarray, np.ndarray]:
+    """(detected genes, mito %) of each cell of ``X`` (rows are independent, so chunks give the same values)."""
+    return detected_genes_per_cell(sp.csr_matrix(X)), percent_on(counts_scale(X, values), mito)
+
+
+def cell_filters(n_genes: np.ndarray, pct_mito: np.ndarray, settings: Mapping[str, Any]) -> tuple[np.ndarray,
+                                                                                                   np.ndarray]:
+    """(cells passing min_genes, cells passing min_genes and max_pct_mito)."""
+    enough = n_genes >= settings["min_genes"]
+    return enough, enough & (pct_mito <= settings["max_pct_mito"])
+
+
+def removal_table(dataset: str, settings: Mapping[str, Any], cells: int, enough: int, kept: int, genes: int,
+                  kept_genes: int) -> pd.DataFrame:
+    """What each QC step removed: cells by min_genes then max_pct_mito, genes by min_cells."""
+    steps = [("min_genes", "cells", cells, enough), ("max_pct_mito", "cells", enough, kept),
+             ("min_cells", "genes", genes, kept_genes)]
+    return pd.DataFrame([{"dataset": dataset, "step": step, "unit": unit, "threshold": settings[step],
+                          "before": before, "removed": before - after, "remaining": after}
+                         for step, unit, before, after in steps])
+
+
+def check_left(source: str, cells: int, genes: int | None = None) -> None:
+    """Refuse a QC result without cells (or, once genes are filtered, without genes)."""
+    if cells == 0:
+        raise InputError(source, "qc", "no cells left after QC (min_genes / max_pct_mito removed all)",
+                         "lower qc.min_genes or raise qc.max_pct_mito in the config")
+    if genes == 0:
+        raise InputError(source, "qc", "no genes left after QC (min_cells removed all)",
+                         "lower qc.min_cells in the config")
 
 
 def qc_filter(adata: ad.AnnData, settings: Mapping[str, Any], source: str) -> tuple[ad.AnnData, pd.DataFrame]:
-    """Filter cells (min genes, max mito %) then genes (min cells); returns the kept data and a table of removals."""
+    """Filter cells (min genes, max mito %) then genes (min cells) in memory; returns the kept data and removals.
+
+    The workflow's QC stage (``qc_store``) gives the same result chunk by chunk.
+    """
     dataset = str(adata.obs["dataset"].iloc[0]) if adata.n_obs else source
-    rows: list[dict[str, Any]] = []
-
-    def record(step: str, unit: str, threshold: float, before: int, after: int) -> None:
-        rows.append({"dataset": dataset, "step": step, "unit": unit, "threshold": threshold,
-                     "before": before, "removed": before - after, "remaining": after})
-
-    n_genes = detected_genes_per_cell(sp.csr_matrix(adata.X))
-    keep = n_genes >= settings["min_genes"]
-    record("min_genes", "cells", settings["min_genes"], adata.n_obs, int(keep.sum()))
-    pct = mito_percent(adata, settings["mito_prefix"])
-    keep_mito = keep & (pct <= settings["max_pct_mito"])
-    record("max_pct_mito", "cells", settings["max_pct_mito"], int(keep.sum()), int(keep_mito.sum()))
-    adata = adata[keep_mito].copy()
-    if adata.n_obs == 0:
-        raise InputError(source, "qc", "no cells left after QC (min_genes / max_pct_mito removed all)",
-                         "lower qc.min_genes or raise qc.max_pct_mito in the config")
-    cells_per_gene = np.asarray((adata.X > 0).sum(axis=0)).ravel()
-    keep_genes = cells_per_gene >= settings["min_cells"]
-    record("min_cells", "genes", settings["min_cells"], adata.n_vars, int(keep_genes.sum()))
+    n_genes, pct = cell_metrics(adata.X, mito_genes(adata.var_names, settings["mito_prefix"]),
+                                adata.uns["sclabel"]["values"])
+    enough, keep = cell_filters(n_genes, pct, settings)
+    adata = adata[keep].copy()
+    check_left(source, adata.n_obs)
+    keep_genes = cells_per_gene(adata.X) >= settings["min_cells"]
+    table = removal_table(dataset, settings, len(keep), int(enough.sum()), int(keep.sum()), adata.n_vars,
+                          int(keep_genes.sum()))
     adata = adata[:, keep_genes].copy()
-    if adata.n_vars == 0:
-        raise InputError(source, "qc", "no genes left after QC (min_cells removed all)",
-                         "lower qc.min_cells in the config")
+    check_left(source, adata.n_obs, adata.n_vars)
     adata.obs["n_genes"] = detected_genes_per_cell(adata.X)
-    adata.obs["pct_mito"] = pct[keep_mito]
-    return adata, pd.DataFrame(rows)
+    adata.obs["pct_mito"] = pct[keep]
+    return adata, table
+
+
+def normalised_uns(uns: Mapping[str, Any]) -> dict[str, Any]:
+    """``uns`` with ``sclabel.normalised`` recorded."""
+    return {**uns, "sclabel": {**uns["sclabel"], "normalised": NORMALISED}}
 
 
 def normalise(adata: ad.AnnData, target_sum: float) -> ad.AnnData:
@@ -77,8 +124,47 @@ def normalise(adata: ad.AnnData, target_sum: float) -> ad.AnnData:
         sc.pp.log1p(adata)
         adata.uns.pop("log1p", None)
     adata.X = sp.csr_matrix(adata.X, dtype=np.float32)
-    adata.uns["sclabel"] = {**adata.uns["sclabel"], "normalised": "log1p_cp10k"}
+    adata.uns = normalised_uns(adata.uns)
     return adata
+
+
+def qc_store(input_path: str | Path, settings: Mapping[str, Any], output: str | Path,
+             chunk_cells: int = DEFAULT_CHUNK_CELLS) -> pd.DataFrame:
+    """``qc_filter`` + ``normalise`` of a cell store, chunk by chunk, written as a store; returns the removals.
+
+    Pass 1 computes each cell's detected genes and mito % and each gene's detection count over the kept cells;
+    pass 2 filters, normalises and appends each chunk. Memory grows with the chunk, not the cell count.
+    """
+    with CellStore(input_path) as store:
+        source, values = store.uns["sclabel"]["source"], store.uns["sclabel"]["values"]
+        mito = mito_genes(store.var_names, settings["mito_prefix"])
+        metrics, detected = [], np.zeros(store.n_vars, dtype=np.int64)
+        for _, X in store.chunks(chunk_cells=chunk_cells):
+            n_genes, pct = cell_metrics(X, mito, values)
+            enough, keep = cell_filters(n_genes, pct, settings)
+            detected += cells_per_gene(X[np.flatnonzero(keep)])
+            metrics.append((pct, enough, keep))
+        pct, enough, keep = (np.concatenate(parts) for parts in zip(*metrics))
+        check_left(source, int(keep.sum()))
+        genes = np.flatnonzero(detected >= settings["min_cells"])
+        dataset = str(store.obs["dataset"].iloc[0])
+        table = removal_table(dataset, settings, store.n_obs, int(enough.sum()), int(keep.sum()), store.n_vars,
+                              len(genes))
+        check_left(source, int(keep.sum()), len(genes))
+        obs = subset_obs(store.obs, keep)
+        layers = ["counts"] if values == "counts" else []
+        with RowWriter(output, obs, store.var.iloc[genes], normalised_uns(store.uns), layers) as writer:
+            n_genes = []
+            for rows, X in store.chunks(chunk_cells=chunk_cells):
+                kept = np.flatnonzero(keep[rows])
+                if len(kept):
+                    chunk = ad.AnnData(X=X[kept][:, genes], uns={"sclabel": {"values": values}})
+                    n_genes.append(detected_genes_per_cell(chunk.X))
+                    chunk = normalise(chunk, settings["target_sum"])
+                    writer.append(chunk.X, {name: chunk.layers[name] for name in layers})
+            writer.obs["n_genes"] = np.concatenate(n_genes)
+            writer.obs["pct_mito"] = pct[keep]
+    return table
 
 
 def harmonise_gene_names(names: pd.Index, case: str) -> pd.Index:
@@ -106,13 +192,39 @@ def zero_filled(adata: ad.AnnData, genes: Sequence[str]) -> ad.AnnData:
                       layers=layers, uns=adata.uns)
 
 
-def combined_genes(datasets: Sequence[ad.AnnData], labelled: Sequence[ad.AnnData], join: str) -> list[str]:
+def dataset_genes(var_names: pd.Index, case: str) -> pd.Index:
+    """A dataset's harmonised gene names, made unique as ``var_names_make_unique`` does."""
+    return ad.utils.make_index_unique(harmonise_gene_names(var_names, case))
+
+
+def combined_genes(genes: Sequence[pd.Index], labelled: Sequence[pd.Index], join: str) -> list[str]:
     """Genes of the combined data, in the first dataset's order: shared by all, by the labelled ones, or all."""
-    pool = labelled if join == "labelled" else datasets
+    pool = labelled if join == "labelled" else genes
     if join == "outer":
-        return list(dict.fromkeys(g for a in datasets for g in a.var_names))
-    shared = set.intersection(*(set(a.var_names) for a in pool))
-    return [g for g in pool[0].var_names if g in shared]
+        return list(dict.fromkeys(g for names in genes for g in names))
+    shared = set.intersection(*(set(names) for names in pool))
+    return [g for g in pool[0] if g in shared]
+
+
+def check_genes_shared(genes: Sequence[str], names: Sequence[str]) -> None:
+    """Refuse a combination without genes."""
+    if not genes:
+        raise InputError(", ".join(names), "var_names", "the datasets share no gene names",
+                         "check gene naming (symbols vs Ensembl ids) or set harmonise.case: upper for mouse/human")
+
+
+def combined_uns(join: str, genes: Sequence[str], names: Sequence[str], renormalise_to: float | None) -> dict:
+    """``uns`` of the combined data."""
+    return {"sclabel": {"gene_join": join, "n_genes": len(genes), "datasets": list(names),
+                        "renormalised_to": renormalise_to or 0}}
+
+
+def genes_report(names: Sequence[str], cells: Sequence[int], genes_of: Sequence[pd.Index],
+                 genes: Sequence[str]) -> pd.DataFrame:
+    """Cells and genes of each dataset, and how many of its genes the combined data kept or zero-filled."""
+    found = [len(set(names_) & set(genes)) for names_ in genes_of]
+    return pd.DataFrame({"dataset": list(names), "cells": list(cells), "genes": [len(g) for g in genes_of],
+                         "genes_in_combined": found, "genes_zero_filled": [len(genes) - n for n in found]})
 
 
 def renormalised(X: sp.spmatrix, target_sum: float, dtype: type = np.float32) -> sp.csr_matrix:
@@ -135,18 +247,16 @@ def combine(datasets: Sequence[ad.AnnData], join: str, case: str, names: Sequenc
     """Concatenate normalised datasets on shared genes (``inner``), all genes (``outer``) or the labelled ones' genes.
 
     With ``renormalise_to`` every cell is rescaled to that total over the combined genes (see ``renormalised``).
+    In memory; the workflow's harmonise stage (``harmonise_stores``) gives the same result chunk by chunk.
     """
     renamed = []
     for adata in datasets:
         adata = adata.copy()
-        adata.var_names = harmonise_gene_names(adata.var_names, case)
-        adata.var_names_make_unique()
+        adata.var_names = dataset_genes(adata.var_names, case)
         renamed.append(adata)
     labelled = [a for a in renamed if "cell_type" in a.obs] or renamed
-    genes = combined_genes(renamed, labelled, join)
-    if not genes:
-        raise InputError(", ".join(names), "var_names", "the datasets share no gene names",
-                         "check gene naming (symbols vs Ensembl ids) or set harmonise.case: upper for mouse/human")
+    genes = combined_genes([a.var_names for a in renamed], [a.var_names for a in labelled], join)
+    check_genes_shared(genes, names)
     # every dataset is put on the same genes first, so obs columns (labels!) are joined as a union
     combined = ad.concat([zero_filled(a, genes) for a in renamed], join="outer", merge="same", index_unique=None)
     if combined.obs_names.duplicated().any():
@@ -154,13 +264,55 @@ def combine(datasets: Sequence[ad.AnnData], join: str, case: str, names: Sequenc
     combined.X = sp.csr_matrix(combined.X, dtype=np.float32)
     if renormalise_to is not None:
         combined.X = renormalised(combined.X, renormalise_to)
-    report = pd.DataFrame({
-        "dataset": list(names),
-        "cells": [a.n_obs for a in renamed],
-        "genes": [a.n_vars for a in renamed],
-        "genes_in_combined": [len(set(a.var_names) & set(combined.var_names)) for a in renamed],
-        "genes_zero_filled": [combined.n_vars - len(set(a.var_names) & set(combined.var_names)) for a in renamed],
-    })
-    combined.uns["sclabel"] = {"gene_join": join, "n_genes": len(genes), "datasets": list(names),
-                               "renormalised_to": renormalise_to or 0}
+    report = genes_report(names, [a.n_obs for a in renamed], [a.var_names for a in renamed], genes)
+    combined.uns = combined_uns(join, genes, names, renormalise_to)
     return combined, report
+
+
+def combined_obs(obs_tables: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    """The datasets' obs joined as ``ad.concat(join='outer', merge='same')`` joins them (union of columns,
+    categories unified); when cell ids repeat across datasets, every id becomes ``dataset:id``."""
+    obs = ad.concat([ad.AnnData(obs=table) for table in obs_tables], join="outer", merge="same",
+                    index_unique=None).obs
+    if obs.index.duplicated().any():
+        obs.index = pd.Index([f"{d}:{c}" for d, c in zip(obs["dataset"], obs.index)])
+    return obs
+
+
+def layer_names(path: str | Path) -> list[str]:
+    """Names of the layers of an h5ad file, without reading them."""
+    with h5py.File(path, "r") as handle:
+        return list(handle["layers"]) if "layers" in handle else []
+
+
+def harmonise_stores(inputs: Sequence[str | Path], names: Sequence[str], join: str, case: str, output: str | Path,
+                     renormalise_to: float | None = None, chunk_cells: int = DEFAULT_CHUNK_CELLS) -> pd.DataFrame:
+    """``combine`` of cell stores chunk by chunk, written as a store; returns the genes report.
+
+    Genes come from each store's var names and obs from its obs table (no matrix read); then each dataset's rows
+    are mapped onto the combined genes (zero-filled where it lacks one), renormalised when asked, and appended.
+    A layer missing from some datasets is zero for their cells, as ``ad.concat(join='outer')`` fills it.
+    """
+    stores = [CellStore(path) for path in inputs]
+    try:
+        genes_of = [dataset_genes(store.var_names, case) for store in stores]
+        labelled = [g for g, store in zip(genes_of, stores) if "cell_type" in store.obs] or genes_of
+        genes = combined_genes(genes_of, labelled, join)
+        check_genes_shared(genes, names)
+        layers_of = [layer_names(path) for path in inputs]
+        layers = list(dict.fromkeys(name for names_ in layers_of for name in names_))
+        with RowWriter(output, combined_obs([store.obs for store in stores]), pd.DataFrame(index=genes),
+                       combined_uns(join, genes, names, renormalise_to), layers) as writer:
+            for store, names_, present in zip(stores, genes_of, layers_of):
+                selector, _ = gene_selector(names_, genes)
+                for rows, X in store.chunks(chunk_cells=chunk_cells):
+                    X = sp.csr_matrix(X @ selector, dtype=np.float32)
+                    block = slice(int(rows[0]), int(rows[-1]) + 1)
+                    writer.append(X if renormalise_to is None else renormalised(X, renormalise_to),
+                                  {name: store.read(block, name) @ selector if name in present
+                                   else sp.csr_matrix((len(rows), len(genes)), dtype=np.float32)
+                                   for name in layers})
+        return genes_report(names, [store.n_obs for store in stores], genes_of, genes)
+    finally:
+        for store in stores:
+            store.close()

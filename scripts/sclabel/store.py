@@ -45,7 +45,8 @@ class RowWriter:
     """Write an h5ad whose ``X`` (and optional CSR layers) arrive as row chunks, atomically.
 
     Use as a context manager: ``append`` chunks in row order; on a clean exit the row count is checked against
-    ``obs`` and the file is renamed onto ``dest``; on an error nothing is left at ``dest``.
+    ``obs`` and the file is renamed onto ``dest``; on an error nothing is left at ``dest``. ``obs`` is written on
+    exit, so per-cell columns computed while appending may be added to ``writer.obs`` before the block ends.
     """
 
     def __init__(self, dest: str | os.PathLike[str], obs: pd.DataFrame, var: pd.DataFrame,
@@ -59,7 +60,6 @@ class RowWriter:
         tmp = self._atomic.__enter__()
         self._file = h5py.File(tmp, "w")
         empty = _empty_rows(len(self.var))
-        write_elem(self._file, "obs", self.obs)
         write_elem(self._file, "var", self.var)
         write_elem(self._file, "uns", self.uns)
         write_elem(self._file, "X", empty, dataset_kwargs=DATASET_KWARGS)
@@ -82,12 +82,17 @@ class RowWriter:
         self.rows_written += X.shape[0]
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        self._file.close()
-        if exc_type is None and self.rows_written != len(self.obs):
-            exc = RuntimeError(f"{self.dest}: {self.rows_written} rows written for {len(self.obs)} cells")
-            self._atomic.__exit__(type(exc), exc, None)
-            raise exc
-        self._atomic.__exit__(exc_type, exc, tb)
+        try:
+            if exc_type is None:
+                if self.rows_written != len(self.obs):
+                    raise RuntimeError(f"{self.dest}: {self.rows_written} rows written for {len(self.obs)} cells")
+                write_elem(self._file, "obs", self.obs)
+        except Exception as error:
+            exc_type, exc, tb = type(error), error, error.__traceback__
+            raise
+        finally:
+            self._file.close()
+            self._atomic.__exit__(exc_type, exc, tb)
 
 
 def write_store(adata: ad.AnnData, dest: str | os.PathLike[str], chunk_cells: int = DEFAULT_CHUNK_CELLS) -> None:

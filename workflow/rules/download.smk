@@ -5,6 +5,7 @@ rule download:
         spec=lambda wildcards: dataset_spec(wildcards.dataset),
         settings=config["download"],
         download_dir=lambda wildcards: f"resources/downloads/{wildcards.dataset}",
+        chunk_cells=config["store"]["chunk_cells"],
     log:
         "results/logs/download/{dataset}.log",
     benchmark:

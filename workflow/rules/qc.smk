@@ -6,6 +6,7 @@ rule qc:
         table="results/qc/{dataset}.tsv",
     params:
         settings=config["qc"],
+        chunk_cells=config["store"]["chunk_cells"],
     log:
         "results/logs/qc/{dataset}.log",
     benchmark:
@@ -26,6 +27,7 @@ rule harmonise:
         names=DATASETS,
         settings=config["harmonise"],
         target_sum=config["qc"]["target_sum"],
+        chunk_cells=config["store"]["chunk_cells"],
     log:
         "results/logs/harmonise.log",
     benchmark:
