@@ -47,7 +47,8 @@ predicted, ``chunk_cells`` at a time (CellTypist's ``annotate`` takes them dense
 ``with_mean: false`` so the sparse matrix is never densified), whatever those three settings say; above
 ``aggregate_cells`` SingleR builds its reference from aggregated profiles (``train_single(aggregate=True)``:
 k-means within each label, ``n ** aggregate_power`` profiles per label of n cells; needs ``scranpy``). The job's log
-says which mode ran (``scale mode: ...``).
+says which mode ran (``scale mode: ...``). Measured peaks (20k genes, 53k training cells): CellTypist 3.05 GB on a
+50M-value sample (its float64 copies: ~60 bytes per value, hence its default of 30M), SingleR aggregated 1.24 GB.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "renormalise": True, "use_SGD": True, "feature_selection": False, "top_genes": 300, "C": 1.0,
         "alpha": 0.0001, "max_iter": None, "mini_batch": False, "batch_number": 100, "batch_size": 1000,
         "epochs": 10, "balance_cell_type": False, "with_mean": True, "large_data_cells": 100_000,
-        "max_nnz": 50_000_000,
+        "max_nnz": 30_000_000,
     },
     "singler": {
         "num_de": None, "quantile": 0.8, "use_fine_tune": True, "fine_tune_threshold": 0.05, "temperature": 0.01,
