@@ -200,3 +200,103 @@ def test_registry_names():
     assert set(EMBEDDING_BASELINES) <= set(BASELINES)
     assert set(BASELINES) == {"logreg", "logreg_l1", *PCA_BASELINES, *EMBEDDING_BASELINES, *CONTROLS}
     assert baselines.BASELINES["logreg"].defaults["penalty"] == "l2"
+
+
+# ---- at scale: the same baselines above their thresholds (set low here), reading a cell store by rows ----
+
+def accuracy(pbmc, probabilities, classes):
+    return float(np.mean(classes[probabilities.argmax(axis=1)] == pbmc["y_test"]))
+
+
+@pytest.fixture(scope="module")
+def pbmc_store(pbmc, tmp_path_factory):
+    """The pbmc training and test cells in one cell store, as (training RowView, test RowView)."""
+    from sclabel.store import CellStore, write_store
+
+    X = sp.vstack([pbmc["X_train"], pbmc["X_test"]]).tocsr()
+    cells = ad.AnnData(X.astype(np.float32))
+    cells.obs_names = [f"c{i}" for i in range(X.shape[0])]
+    path = tmp_path_factory.mktemp("store") / "cells.h5ad"
+    write_store(cells, path, chunk_cells=100)
+    store = CellStore(path)
+    n_train = pbmc["X_train"].shape[0]
+    yield store.view(np.arange(n_train)), store.view(np.arange(n_train, X.shape[0]))
+    store.close()
+
+
+@pytest.mark.shared_data
+@pytest.mark.parametrize("name", ["logreg", "logreg_l1"])
+def test_streamed_sgd_logreg_reaches_the_full_fit_accuracy(pbmc, predictions, name, caplog):
+    caplog.set_level("INFO", logger="sclabel")
+    with threadpool_limits(limits=1):
+        model = baselines.fit_baseline(name, {"max_nnz": 0}, pbmc["X_train"], pbmc["y_train"], seed=0, chunk_cells=200)
+    assert "scale mode: mini-batch SGD" in caplog.text
+    assert isinstance(model[-1], baselines.SGDClassifier) and model[-1].penalty == name[-2:].replace("eg", "l2")
+    probabilities = model.predict_proba(pbmc["X_test"])
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-6)  # float32 input
+    assert accuracy(pbmc, probabilities, model.classes_) >= 0.8 * accuracy(pbmc, *predictions[name])
+    again = baselines.fit_baseline(name, {"max_nnz": 0}, pbmc["X_train"], pbmc["y_train"], seed=0, chunk_cells=200)
+    np.testing.assert_array_equal(again.predict_proba(pbmc["X_test"]), probabilities)  # seeded
+
+
+@pytest.mark.shared_data
+def test_l1_sgd_gives_sparser_coefficients_than_l2_sgd(pbmc):
+    fits = {name: baselines.fit_baseline(name, {"max_nnz": 0}, pbmc["X_train"], pbmc["y_train"], 0)
+            for name in ("logreg", "logreg_l1")}
+    assert np.mean(fits["logreg_l1"][-1].coef_ == 0) > np.mean(fits["logreg"][-1].coef_ == 0) + 0.3
+
+
+@pytest.mark.shared_data
+@pytest.mark.parametrize(("name", "settings"), [("logreg", {}), ("logreg", {"max_nnz": 0}), ("knn_pca", {}),
+                                                ("rf_pca", {"pca_max_cells": 300, "max_cells": 300})])
+def test_a_cell_store_gives_the_in_memory_fit(pbmc, pbmc_store, name, settings):
+    train, test = pbmc_store
+    in_memory = baselines.fit_baseline(name, settings, pbmc["X_train"], pbmc["y_train"], 0, chunk_cells=150)
+    streamed = baselines.fit_baseline(name, settings, train, pbmc["y_train"], 0, chunk_cells=150)
+    chunks = np.vstack([streamed.predict_proba(chunk) for chunk in baselines.row_chunks(test, 70)])
+    np.testing.assert_allclose(chunks, in_memory.predict_proba(pbmc["X_test"]), rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.shared_data
+def test_stored_values_count_a_views_rows_from_the_index(pbmc, pbmc_store):
+    train, _ = pbmc_store
+    assert baselines.stored_values(train) == pbmc["X_train"].nnz
+    assert baselines.stored_values(baselines.take_rows(train, np.array([5, 2]))) == pbmc["X_train"][[5, 2]].nnz
+
+
+@pytest.mark.shared_data
+@pytest.mark.parametrize("name", PCA_BASELINES)
+def test_pca_and_classifier_on_bounded_samples_give_valid_probabilities(pbmc, predictions, name, caplog):
+    caplog.set_level("INFO", logger="sclabel")
+    settings = {"pca_max_cells": 200, "max_cells": 300} if name != "knn_pca" else {"pca_max_cells": 200}
+    with threadpool_limits(limits=1):
+        model = baselines.fit_baseline(name, settings, pbmc["X_train"], pbmc["y_train"], 0)
+    n_classes = len(set(pbmc["y_train"]))
+    pca = model.named_steps["features"].pca_
+    assert 200 <= pca.n_samples_ <= 200 + baselines.MIN_PER_CLASS * n_classes < len(pbmc["y_train"])
+    assert f"fitted on {pca.n_samples_} of {len(pbmc['y_train'])} training cells" in caplog.text
+    probabilities = model.predict_proba(pbmc["X_test"])
+    assert probabilities.shape == predictions[name][0].shape and (probabilities >= 0).all()
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-6)
+    assert macro_f1(pbmc, probabilities, model.classes_) > macro_f1(pbmc, *predictions["majority"]) + 0.5
+
+
+def test_stratified_sample_keeps_class_proportions_and_every_class():
+    labels = np.array(["a"] * 900 + ["b"] * 95 + ["c"] * 5)
+    sample = baselines.stratified_sample(labels, 100, seed=0)
+    assert np.all(np.diff(sample) > 0)  # sorted positions, no repeats
+    assert Counter(labels[sample]) == {"a": 90, "b": baselines.MIN_PER_CLASS, "c": 5}
+    np.testing.assert_array_equal(sample, baselines.stratified_sample(labels, 100, seed=0))
+    assert not np.array_equal(sample, baselines.stratified_sample(labels, 100, seed=1))
+    np.testing.assert_array_equal(baselines.stratified_sample(labels, 1000, seed=0), np.arange(1000))
+    capped = baselines.capped_per_class(labels, 50, seed=0)
+    assert Counter(labels[capped]) == {"a": 50, "b": 50, "c": 5}
+    np.testing.assert_array_equal(baselines.capped_per_class(labels, 900, seed=0), np.arange(1000))
+
+
+def test_shuffled_blocks_cover_every_cell_once_per_epoch():
+    rng = np.random.default_rng(0)
+    buffers = list(baselines.shuffled_blocks(1000, 300, rng))
+    assert sorted(np.concatenate(buffers).tolist()) == list(range(1000))
+    assert all(len(rows) <= 300 for rows in buffers)
+    assert not np.array_equal(np.concatenate(buffers), np.arange(1000))  # blocks in random order

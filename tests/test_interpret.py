@@ -307,3 +307,58 @@ def test_load_marker_table_refuses_wrong_file_and_species(tmp_path: Path) -> Non
         load_marker_table(path)
     with pytest.raises(ValueError, match="species"):
         load_marker_table(path, species="human")
+
+
+# ---- the top-genes stage reads the combined matrix by rows (bounded per-type sample; baseline code for logreg) ----
+
+@pytest.fixture(scope="module")
+def symphony_store(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """pbmc_symphony as a cell store with its splits (the final split included)."""
+    import anndata as ad
+
+    from sclabel import pipeline, store
+
+    folder = tmp_path_factory.mktemp("interpret_store")
+    combined, splits = folder / "combined.h5ad", folder / "splits.tsv"
+    store.write_store(ad.read_h5ad(shared_data / "pbmc_symphony.h5ad"), combined, chunk_cells=250)
+    pipeline.split_stage(str(combined), {"scheme": "cv", "n_folds": 3, "val_fraction": 0.1, "seed": 0}, str(splits),
+                         str(folder / "class_counts.tsv"))
+    return combined, splits
+
+
+@pytest.mark.shared_data
+def test_labelled_sample_is_every_labelled_cell_below_the_cap_and_capped_per_type_above(symphony_store) -> None:
+    from sclabel.explain import labelled_data, labelled_sample
+
+    combined, _ = symphony_store
+    full, labels = labelled_data(str(combined))
+    sample, sample_labels = labelled_sample(str(combined), 10_000, seed=0)
+    assert list(sample.obs_names) == list(full.obs_names) and sample_labels.equals(labels)
+    np.testing.assert_array_equal(sample.X.toarray(), full.X.toarray())
+    capped, capped_labels = labelled_sample(str(combined), 50, seed=0)
+    counts = capped_labels.value_counts()
+    assert counts.max() == 50 and (counts == np.minimum(labels.value_counts()[counts.index], 50)).all()
+    assert list(capped.obs_names) == list(capped_labels.index)
+    np.testing.assert_array_equal(capped.X.toarray(), full[capped_labels.index].X.toarray())
+    again, _ = labelled_sample(str(combined), 50, seed=0)
+    assert list(again.obs_names) == list(capped.obs_names)  # seeded
+
+
+@pytest.mark.shared_data
+def test_linear_top_genes_come_from_the_baseline_fit_on_the_store(symphony_store) -> None:
+    from sclabel import splits
+    from sclabel.baselines import build_baseline
+    from sclabel.explain import labelled_data, linear_top_genes
+    from sclabel.interpret import coefficient_top_genes
+    from sclabel.pipeline import read_split
+
+    combined, splits_file = symphony_store
+    adata, labels = labelled_data(str(combined))
+    roles = read_split(str(splits_file), splits.FINAL)
+    model = build_baseline("logreg", {}, 0).fit(adata[roles.index].X, labels[roles.index])
+    expected = coefficient_top_genes(model, list(adata.var_names), list(model.classes_))
+    table = linear_top_genes("logreg", {}, 0, str(combined), str(splits_file), chunk_cells=100)
+    pd.testing.assert_frame_equal(table.drop(columns="attribution"), expected)
+    streamed = linear_top_genes("logreg", {"max_nnz": 0}, 0, str(combined), str(splits_file), chunk_cells=100)
+    top = streamed[streamed["rank"] <= 20]
+    assert "MS4A1" in set(top.loc[top["cell_type"] == "B", "gene"])  # SGD coefficients still find the B-cell marker

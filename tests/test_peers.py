@@ -14,7 +14,7 @@ import scipy.sparse as sp
 import yaml
 from sklearn.metrics import cohen_kappa_score
 
-from sclabel import metrics, peers, pipeline
+from sclabel import baselines, metrics, peers, pipeline, store
 from sclabel.errors import InputError
 from workflow_helpers import REPO_ROOT, absolute_paths, load_config, planned_jobs, snakemake, write_config
 
@@ -253,3 +253,66 @@ def test_workflow_reports_a_peer_that_cannot_run(peer_run, tmp_path):
         "to 10000 counts per cell")
     assert summary.loc[("singler", "cohen_kappa"), "mean"] > 0.7
     assert "not run" in (workdir / f"results/logs/peers/celltypist/lodo_{HOLDOUT}.log").read_text()
+
+
+# ---- at scale: the peers' large-data modes (thresholds set low here) and the stage reading a cell store ----
+
+@pytest.mark.shared_data
+def test_celltypist_large_data_mode_trains_on_a_bounded_sample(symphony, caplog):
+    need("celltypist")
+    caplog.set_level("INFO", logger="sclabel")
+    settings = {"large_data_cells": 0, "max_nnz": 60_000, "batch_size": 100, "batch_number": 5}
+    probabilities, classes = peers.predict_peer("celltypist", settings, 0, symphony["X_train"], symphony["y_train"],
+                                                symphony["X_test"], symphony["genes"])
+    n_train = len(symphony["y_train"])
+    used = int(re.search(r"with_mean False\) on (\d+) of (\d+) training cells", caplog.text).group(1))
+    assert "large-data mode (use_SGD True, mini_batch True" in caplog.text
+    assert used < n_train * 60_000 / symphony["X_train"].nnz + baselines.MIN_PER_CLASS * len(classes)
+    assert probabilities.shape == (len(symphony["y_test"]), len(classes))
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0)
+    assert cohen_kappa_score(symphony["y_test"], classes[probabilities.argmax(axis=1)]) > 0.6
+
+
+@pytest.mark.shared_data
+@pytest.mark.parametrize("power", [0.0, 0.5])
+def test_singler_aggregated_reference_annotates_well(symphony, predicted, power, caplog):
+    need("singler")
+    if power > 0:
+        need("scranpy")  # SingleR clusters each label with scranpy
+    caplog.set_level("INFO", logger="sclabel")
+    settings = {"aggregate_cells": 0, "aggregate_power": power}
+    probabilities, classes = peers.predict_peer("singler", settings, 0, symphony["X_train"], symphony["y_train"],
+                                                symphony["X_test"], symphony["genes"])
+    assert f"aggregated (power {power})" in caplog.text
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0)
+    assert cohen_kappa_score(symphony["y_test"], classes[probabilities.argmax(axis=1)]) > 0.7
+    full, _ = predicted("singler")
+    assert not np.allclose(probabilities, full)  # another reference than the full one
+
+
+def test_aggregation_rank_keeps_every_clustered_label_on_pcs():
+    labels = np.array(["a"] * 500 + ["b"] * 9 + ["c"] * 2)  # b: 3 clusters of 9 cells; c: its mean only
+    assert peers.aggregation_rank(labels, 0.5) == 8
+    assert peers.aggregation_rank(labels[:500], 0.5) == peers.SINGLER_AGGREGATION_RANK
+    assert peers.aggregation_rank(labels, 0.0) == peers.SINGLER_AGGREGATION_RANK  # means only: no clustering
+
+
+@pytest.mark.shared_data
+@pytest.mark.parametrize("peer", peers.PEERS)
+def test_peer_stage_reads_a_cell_store_by_rows_and_predicts_in_chunks(shared_data, tmp_path, peer):
+    need(peer)
+    adata = ad.read_h5ad(shared_data / "pbmc_symphony.h5ad")
+    combined, splits = tmp_path / "combined.h5ad", tmp_path / "splits.tsv"
+    store.write_store(adata, combined, chunk_cells=250)
+    pipeline.split_stage(str(combined), {"scheme": "cv", "n_folds": 3, "val_fraction": 0.1, "seed": 0}, str(splits),
+                         str(tmp_path / "class_counts.tsv"))
+    peers.peer_stage(peer, {}, 0, 1, 10_000, str(combined), str(splits), "cv2", str(tmp_path / "p.tsv"), chunk_cells=70)
+    table = pd.read_csv(tmp_path / "p.tsv", sep="\t", dtype={"cell_id": str})
+    roles = pipeline.read_split(str(splits), "cv2")
+    fit, test = roles.index[roles != "test"], roles.index[roles == "test"]
+    rows = pd.Series(np.arange(adata.n_obs), index=adata.obs_names)
+    labels = adata.obs["cell_type"].astype(str)
+    probabilities, classes = peers.predict_peer(peer, {}, 0, adata.X[rows[fit]], labels[fit].to_numpy(),
+                                                adata.X[rows[test]], adata.var_names)
+    assert table["cell_id"].tolist() == list(test)
+    np.testing.assert_allclose(table[[f"proba:{c}" for c in classes]].to_numpy(), probabilities, rtol=1e-9)

@@ -6,15 +6,18 @@ returns class probabilities for the test cells, columns in the order of ``classe
 
 Registry (``BASELINES``; settings and defaults in brackets):
 
-* ``logreg`` [C=1.0, penalty=l2, max_iter=1000, class_weight=None] and ``logreg_l1`` [the same without
-  ``penalty``: always L1]: multinomial logistic regression on max-abs scaled log expression, sparse throughout.
-  L2 uses lbfgs, L1 uses saga (slower: a few seconds per thousand cells at max_iter=1000).
-* ``knn_pca`` [n_neighbors=15, n_components=50]: k nearest neighbours, distance-weighted votes.
-* ``rf_pca`` [n_estimators=200, max_features=sqrt, class_weight=None, n_components=50]: random forest.
-* ``svm_pca`` [C=1.0, kernel=rbf, class_weight=None, n_folds=5, n_components=50]: support-vector machine
-  with Platt-scaled probabilities (see ``CalibratedSVM``).
+* ``logreg`` [C=1.0, penalty=l2, max_iter=1000, class_weight=None, max_nnz=50,000,000, sgd_epochs=5] and
+  ``logreg_l1`` [the same without ``penalty``: always L1]: multinomial logistic regression on max-abs scaled log
+  expression, sparse throughout. L2 uses lbfgs, L1 uses saga (slower: a few seconds per thousand cells at
+  max_iter=1000). ``max_nnz`` and ``sgd_epochs``: see "At scale" below.
+* ``knn_pca`` [n_neighbors=15, n_components=50, pca_max_cells=20,000]: k nearest neighbours, distance-weighted votes.
+* ``rf_pca`` [n_estimators=200, max_features=sqrt, class_weight=None, max_cells=50,000, n_components=50,
+  pca_max_cells=20,000]: random forest.
+* ``svm_pca`` [C=1.0, kernel=rbf, class_weight=None, n_folds=5, max_cells=20,000, n_components=50,
+  pca_max_cells=20,000]: support-vector machine with Platt-scaled probabilities (see ``CalibratedSVM``).
 * ``knn_embedding``, ``rf_embedding``, ``svm_embedding``: the same three classifiers (same settings, no
-  ``n_components``) on a dense embedding passed as X_train / X_test, standardised with training means / sds.
+  ``n_components`` or ``pca_max_cells``) on a dense embedding passed as X_train / X_test, standardised with
+  training means / sds.
 * ``majority`` and ``random`` [no settings]: controls (see ``RandomLabelClassifier`` for the random one).
 
 PCA (``TrainingPCA``): scikit-learn ``PCA`` with the ARPACK solver, fitted on the training cells only. On sparse
@@ -22,12 +25,29 @@ input it centres implicitly (training gene means, through a linear operator), so
 densified; test cells are projected with the training means and components. The number of components is capped at
 min(n_train, n_genes) - 1 (ARPACK's limit). Genes are not scaled to unit variance before PCA (log expression
 keeps its natural weighting, as in the usual single-cell workflow); the components are not standardised either.
+
+At scale (``fit_baseline``; the training cells may be a ``store.RowView`` read from disk chunk by chunk). Below
+each threshold the fit is exactly the in-memory one above; above it:
+
+* ``logreg`` / ``logreg_l1`` with more than ``max_nnz`` stored values in the training matrix: mini-batch SGD
+  (``SGDClassifier(loss="log_loss")``, one-vs-rest, penalty L2 / L1 with ``alpha = 1 / (C * n_cells)``, the same
+  objective per cell as ``LogisticRegression``'s) streamed over the training cells: a first pass fits the
+  ``MaxAbsScaler`` (``partial_fit``), then ``sgd_epochs`` epochs each read the cells in blocks of ``BLOCK_CELLS``
+  consecutive cells in a seeded random block order, ``chunk_cells`` cells per ``partial_fit``.
+  ``class_weight: balanced`` becomes the equivalent per-class weights computed from all training labels.
+* ``*_pca``: PCA fitted on a seeded stratified sample of at most ``pca_max_cells`` training cells
+  (``stratified_sample``), every training cell projected chunk by chunk; kNN uses every projected cell, RF and SVM
+  a stratified sample of at most ``max_cells`` (SVM training is quadratic in cells). ``*_embedding``: the same
+  ``max_cells`` bound for RF and SVM.
+
+``log`` records each fit's mode (``scale mode: ...``) in the job's log.
 """
 
 from __future__ import annotations
 
+import logging
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -39,18 +59,77 @@ from sklearn.calibration import CalibratedClassifierCV
 from sklearn.decomposition import PCA
 from sklearn.dummy import DummyClassifier
 from sklearn.ensemble import RandomForestClassifier
-from sklearn.linear_model import LogisticRegression
+from sklearn.linear_model import LogisticRegression, SGDClassifier
 from sklearn.model_selection import StratifiedKFold
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import MaxAbsScaler, StandardScaler
 from sklearn.svm import SVC
+from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.validation import check_is_fitted
 
 from sclabel.errors import InputError
+from sclabel.store import DEFAULT_CHUNK_CELLS, RowView
+
+log = logging.getLogger("sclabel")
 
 CONFIG = "config"
 PENALTIES = ("l1", "l2")
+BLOCK_CELLS = 256  # consecutive training cells read together by a streamed SGD epoch (a few HDF5 chunks)
+MIN_PER_CLASS = 10  # a stratified sample keeps at least this many cells of every class (all of a smaller one)
+
+
+def take_rows(X: Any, rows: np.ndarray) -> Any:
+    """Rows ``rows`` of ``X``: a narrower ``RowView`` (nothing read) for a store's rows, else the rows in memory."""
+    rows = np.asarray(rows, dtype=np.int64)
+    return RowView(X.store, X.rows[rows]) if isinstance(X, RowView) else X[rows]
+
+
+def in_memory(X: Any) -> Any:
+    """``X`` itself, or a ``RowView``'s rows read from disk."""
+    return X.load() if isinstance(X, RowView) else X
+
+
+def row_chunks(X: Any, chunk_cells: int) -> Iterator[Any]:
+    """``X``'s rows in order, ``chunk_cells`` at a time, each chunk in memory."""
+    for start in range(0, X.shape[0], chunk_cells):
+        yield X[np.arange(start, min(start + chunk_cells, X.shape[0]))]
+
+
+def stored_values(X: Any) -> int:
+    """Values a matrix holds in memory (non-zeros of a sparse one), counted from the store's index for a RowView."""
+    if isinstance(X, RowView):
+        indptr = np.asarray(X.store.matrix().group["indptr"])
+        return int((indptr[X.rows + 1] - indptr[X.rows]).sum())
+    return int(X.nnz) if sp.issparse(X) else int(np.size(X))
+
+
+def _draw_per_class(codes: np.ndarray, quota: np.ndarray, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    picks = [rng.choice(np.flatnonzero(codes == code), size=int(n), replace=False) for code, n in enumerate(quota)]
+    return np.sort(np.concatenate(picks)).astype(np.int64)
+
+
+def stratified_sample(labels: np.ndarray, max_cells: int, seed: int) -> np.ndarray:
+    """Sorted positions of a seeded sample of about ``max_cells`` cells, classes in proportion (all cells if fewer).
+
+    Every class keeps at least ``MIN_PER_CLASS`` cells (all of a smaller class), so the sample may exceed
+    ``max_cells`` by up to that many cells per class.
+    """
+    labels = np.asarray(labels)
+    if len(labels) <= max_cells:
+        return np.arange(len(labels), dtype=np.int64)
+    _, codes, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    proportional = np.floor(counts * max_cells / len(labels)).astype(np.int64)
+    return _draw_per_class(codes, np.minimum(counts, np.maximum(proportional, MIN_PER_CLASS)), seed)
+
+
+def capped_per_class(labels: np.ndarray, max_per_class: int, seed: int) -> np.ndarray:
+    """Sorted positions of a seeded sample of at most ``max_per_class`` cells of each class (all of a smaller one)."""
+    _, codes, counts = np.unique(np.asarray(labels), return_inverse=True, return_counts=True)
+    if counts.max(initial=0) <= max_per_class:
+        return np.arange(len(codes), dtype=np.int64)
+    return _draw_per_class(codes, np.minimum(counts, max_per_class), seed)
 
 
 class TrainingPCA(TransformerMixin, BaseEstimator):
@@ -152,6 +231,73 @@ def logistic_regression(settings: Mapping[str, Any], seed: int, penalty: str | N
     return make_pipeline(MaxAbsScaler(), model)
 
 
+def class_weights(class_weight: str | Mapping[str, float] | None, y: np.ndarray,
+                  classes: np.ndarray) -> Mapping[str, float] | None:
+    """``class_weight`` as per-class weights (``balanced`` computed from all labels, as a full fit does)."""
+    if class_weight != "balanced":
+        return class_weight
+    return dict(zip(classes, compute_class_weight("balanced", classes=classes, y=y), strict=True))
+
+
+def shuffled_blocks(n_cells: int, buffer_cells: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
+    """Positions ``0..n_cells-1`` as blocks of ``BLOCK_CELLS`` consecutive cells in random order, about
+    ``buffer_cells`` at a time (sorted within, so a store reads each block in one go)."""
+    starts = rng.permutation(np.arange(0, n_cells, BLOCK_CELLS))
+    per_buffer = max(1, buffer_cells // BLOCK_CELLS)
+    for first in range(0, len(starts), per_buffer):
+        blocks = [np.arange(start, min(start + BLOCK_CELLS, n_cells)) for start in starts[first:first + per_buffer]]
+        yield np.sort(np.concatenate(blocks))
+
+
+def streamed_logistic_regression(settings: Mapping[str, Any], penalty: str, X: Any, y: np.ndarray, seed: int,
+                                 chunk_cells: int) -> Pipeline:
+    """Logistic regression by mini-batch SGD streamed over ``X``'s rows (see the module notes, "At scale")."""
+    scaler = MaxAbsScaler()
+    for chunk in row_chunks(X, chunk_cells):
+        scaler.partial_fit(chunk)
+    classes = np.unique(y)
+    model = SGDClassifier(loss="log_loss", penalty=penalty, alpha=1.0 / (settings["C"] * len(y)), random_state=seed,
+                          class_weight=class_weights(settings["class_weight"], y, classes))
+    rng = np.random.default_rng(seed)
+    for _ in range(settings["sgd_epochs"]):
+        for rows in shuffled_blocks(len(y), chunk_cells, rng):
+            model.partial_fit(scaler.transform(in_memory(take_rows(X, rows))), y[rows], classes=classes)
+    return make_pipeline(scaler, model)
+
+
+def fit_whole(model: BaseEstimator, settings: Mapping[str, Any], X: Any, y: np.ndarray, seed: int,
+              chunk_cells: int) -> BaseEstimator:
+    """Fit ``model`` on all training cells in memory."""
+    log.info("scale mode: in memory, %d training cells", X.shape[0])
+    return model.fit(in_memory(X), y)
+
+
+def fit_logistic_regression(model: Pipeline, settings: Mapping[str, Any], X: Any, y: np.ndarray, seed: int,
+                            chunk_cells: int, penalty: str | None = None) -> Pipeline:
+    """``model`` fitted in memory, or streamed SGD when the training matrix holds more than ``max_nnz`` values."""
+    values = stored_values(X)
+    if values <= settings["max_nnz"]:
+        return fit_whole(model, settings, X, y, seed, chunk_cells)
+    penalty = penalty or settings.get("penalty", "l2")
+    log.info("scale mode: mini-batch SGD (%s, %d epochs) streamed over %d training cells (%d stored values > "
+             "max_nnz %d)", penalty, settings["sgd_epochs"], len(y), values, settings["max_nnz"])
+    return streamed_logistic_regression(settings, penalty, X, y, seed, chunk_cells)
+
+
+def fit_on_features(model: Pipeline, settings: Mapping[str, Any], X: Any, y: np.ndarray, seed: int,
+                    chunk_cells: int) -> Pipeline:
+    """Feature step fitted on a bounded sample, every cell projected chunk by chunk, classifier on a bounded sample."""
+    features, classifier = model.named_steps["features"], model.named_steps["classifier"]
+    feature_cells = stratified_sample(y, settings.get("pca_max_cells", len(y)), seed)
+    features.fit(in_memory(take_rows(X, feature_cells)))
+    projected = np.vstack([features.transform(chunk) for chunk in row_chunks(X, chunk_cells)])
+    classifier_cells = stratified_sample(y, settings.get("max_cells", len(y)), seed)
+    classifier.fit(projected[classifier_cells], y[classifier_cells])
+    log.info("scale mode: %s fitted on %d of %d training cells, %s on %d", type(features).__name__,
+             len(feature_cells), len(y), type(classifier).__name__, len(classifier_cells))
+    return model
+
+
 def knn(settings: Mapping[str, Any], seed: int) -> KNeighborsClassifier:
     """k nearest neighbours with distance-weighted votes (deterministic: the seed is unused)."""
     return KNeighborsClassifier(n_neighbors=settings["n_neighbors"], weights="distance")
@@ -181,31 +327,39 @@ def feature_pipeline(features: str, classifier: Callable[[Mapping[str, Any], int
     return Pipeline([("features", step), ("classifier", classifier(settings, seed))])
 
 
+# (built estimator, settings, training cells, labels, seed, chunk_cells) -> the fitted estimator
+Fit = Callable[[BaseEstimator, Mapping[str, Any], Any, np.ndarray, int, int], BaseEstimator]
+
+
 @dataclass(frozen=True)
 class Baseline:
-    """A registered baseline: its settings with defaults, and how to build the estimator from them and a seed."""
+    """A registered baseline: its settings with defaults, how to build the estimator, and how to fit it at scale."""
 
     defaults: Mapping[str, Any]
     build: Callable[[Mapping[str, Any], int], BaseEstimator]
+    fit: Fit = fit_whole
 
 
-LOGREG = {"C": 1.0, "max_iter": 1000, "class_weight": None}
+# max_nnz: above this many stored values in the training matrix, streamed SGD (about 33,000 cells of 1,500
+# non-zeros; the in-memory lbfgs fit peaks at ~36 bytes per stored value: 1.9 GB measured at 53M)
+LOGREG = {"C": 1.0, "max_iter": 1000, "class_weight": None, "max_nnz": 50_000_000, "sgd_epochs": 5}
 KNN = {"n_neighbors": 15}
-RF = {"n_estimators": 200, "max_features": "sqrt", "class_weight": None}
-SVM = {"C": 1.0, "kernel": "rbf", "class_weight": None, "n_folds": 5}
-PCA_FEATURES = {"n_components": 50}
+RF = {"n_estimators": 200, "max_features": "sqrt", "class_weight": None, "max_cells": 50_000}
+SVM = {"C": 1.0, "kernel": "rbf", "class_weight": None, "n_folds": 5, "max_cells": 20_000}
+PCA_FEATURES = {"n_components": 50, "pca_max_cells": 20_000}
 
 
 def on_features(features: str, classifier: Callable[[Mapping[str, Any], int], BaseEstimator],
                 defaults: Mapping[str, Any]) -> Baseline:
     """Register ``classifier`` on PCA components or on a given embedding (one code path for both)."""
     extra = PCA_FEATURES if features == "pca" else {}
-    return Baseline({**defaults, **extra}, partial(feature_pipeline, features, classifier))
+    return Baseline({**defaults, **extra}, partial(feature_pipeline, features, classifier), fit_on_features)
 
 
 BASELINES: dict[str, Baseline] = {
-    "logreg": Baseline({**LOGREG, "penalty": "l2"}, logistic_regression),
-    "logreg_l1": Baseline(LOGREG, partial(logistic_regression, penalty="l1")),
+    "logreg": Baseline({**LOGREG, "penalty": "l2"}, logistic_regression, fit_logistic_regression),
+    "logreg_l1": Baseline(LOGREG, partial(logistic_regression, penalty="l1"),
+                          partial(fit_logistic_regression, penalty="l1")),
     "knn_pca": on_features("pca", knn, KNN),
     "rf_pca": on_features("pca", random_forest, RF),
     "svm_pca": on_features("pca", svm, SVM),
@@ -236,12 +390,22 @@ def build_baseline(name: str, settings: Mapping[str, Any] | None, seed: int) -> 
     return BASELINES[name].build(resolved, seed)
 
 
-def fit_predict_baseline(name: str, settings: Mapping[str, Any], X_train: sp.csr_matrix, y_train: np.ndarray,
-                         X_test: sp.csr_matrix, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Train baseline ``name`` on the training cells; return (test class probabilities, sorted class names)."""
-    model = build_baseline(name, settings, seed)
-    if name in EMBEDDING_BASELINES and (sp.issparse(X_train) or sp.issparse(X_test)):
+def fit_baseline(name: str, settings: Mapping[str, Any] | None, X_train: Any, y_train: np.ndarray, seed: int,
+                 chunk_cells: int = DEFAULT_CHUNK_CELLS) -> BaseEstimator:
+    """Baseline ``name`` fitted on the training cells (in memory or a store's ``RowView``), at scale when large."""
+    resolved = resolve_settings(name, settings)
+    if name in EMBEDDING_BASELINES and (sp.issparse(X_train) or isinstance(X_train, RowView)):
         raise InputError("training data", "X", f"{name} takes a dense embedding, got a sparse matrix",
                          "pass the cells' embedding (cells x dimensions), or use the *_pca baseline on expression")
-    model.fit(X_train, np.asarray(y_train))
+    baseline = BASELINES[name]
+    return baseline.fit(baseline.build(resolved, seed), resolved, X_train, np.asarray(y_train), seed, chunk_cells)
+
+
+def fit_predict_baseline(name: str, settings: Mapping[str, Any], X_train: Any, y_train: np.ndarray, X_test: Any,
+                         seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Train baseline ``name`` on the training cells; return (test class probabilities, sorted class names)."""
+    if name in EMBEDDING_BASELINES and sp.issparse(X_test):
+        raise InputError("training data", "X", f"{name} takes a dense embedding, got a sparse matrix",
+                         "pass the cells' embedding (cells x dimensions), or use the *_pca baseline on expression")
+    model = fit_baseline(name, settings, X_train, y_train, seed)
     return np.asarray(model.predict_proba(X_test), dtype=float), np.asarray(model.classes_)

@@ -1,4 +1,10 @@
-"""Interpretation stages: top genes per cell type, enrichment, differential expression, marker recall."""
+"""Interpretation stages: top genes per cell type, enrichment, differential expression, marker recall.
+
+Top genes read the combined matrix as a ``CellStore``, by rows: the linear baselines' coefficients come from the
+baseline code itself (``baselines.fit_baseline`` on the final split's cells, streamed SGD above its threshold), and
+Wilcoxon and the neural attributions use a seeded sample of at most ``max_cells_per_type`` labelled cells per cell
+type (all cells of a smaller type, so small data give the full-data result).
+"""
 
 from __future__ import annotations
 
@@ -13,10 +19,12 @@ import pandas as pd
 from sclabel import baselines, io, splits
 from sclabel.pipeline import labelled_cells, read_split
 from sclabel.plots import save_figure
+from sclabel.store import DEFAULT_CHUNK_CELLS, CellStore
 
 log = logging.getLogger("sclabel")
 LINEAR_BASELINES = ("logreg", "logreg_l1")
 TOP_GENE_COLUMNS = ["method", "attribution", "cell_type", "gene", "score", "rank"]
+DEFAULT_MAX_CELLS_PER_TYPE = 2_000
 
 
 def labelled_data(input_h5ad: str) -> tuple[ad.AnnData, pd.Series]:
@@ -26,25 +34,39 @@ def labelled_data(input_h5ad: str) -> tuple[ad.AnnData, pd.Series]:
     return adata[labels.index].copy(), labels
 
 
-def linear_top_genes(method: str, settings: Mapping[str, Any], seed: int, input_h5ad: str,
-                     splits_file: str) -> pd.DataFrame:
+def labelled_sample(input_h5ad: str, max_cells_per_type: int, seed: int) -> tuple[ad.AnnData, pd.Series]:
+    """A seeded sample of at most ``max_cells_per_type`` labelled cells per type (read by rows), with their labels."""
+    with CellStore(input_h5ad) as store:
+        labels = labelled_cells(store)
+        keep = baselines.capped_per_class(labels.to_numpy(), max_cells_per_type, seed)
+        rows = store.rows_of(labels.index[keep])
+        adata = ad.AnnData(store.read(rows), obs=store.obs.iloc[rows].copy(), var=store.var.copy())
+    log.info("scale mode: %d of %d labelled cells (at most %d per cell type)", len(keep), len(labels),
+             max_cells_per_type)
+    return adata, labels.iloc[keep]
+
+
+def linear_top_genes(method: str, settings: Mapping[str, Any], seed: int, input_h5ad: str, splits_file: str,
+                     chunk_cells: int = DEFAULT_CHUNK_CELLS) -> pd.DataFrame:
     """Coefficients of a linear baseline trained on all labelled cells (the final split's train + val)."""
     from sclabel.interpret import coefficient_top_genes
 
-    adata, labels = labelled_data(input_h5ad)
     roles = read_split(splits_file, splits.FINAL)
-    model = baselines.build_baseline(method, settings, seed).fit(adata[roles.index].X, labels[roles.index])
-    return coefficient_top_genes(model, list(adata.var_names), list(model.classes_)).assign(attribution="coefficient")
+    with CellStore(input_h5ad) as store:
+        labels = store.obs.loc[roles.index, "cell_type"].astype(str).to_numpy()
+        model = baselines.fit_baseline(method, settings, store.view(store.rows_of(roles.index)), labels, seed,
+                                       chunk_cells)
+        genes = list(store.var_names)
+    return coefficient_top_genes(model, genes, list(model.classes_)).assign(attribution="coefficient")
 
 
-def neural_top_genes(model_dir: str, input_h5ad: str) -> pd.DataFrame:
+def neural_top_genes(model_dir: str, adata: ad.AnnData, source: str) -> pd.DataFrame:
     """Attention (transformer) or gradient × input (MLP) averaged over the cells the model predicts as each type."""
     from sclabel.interpret import attention_top_genes, gradient_top_genes
     from sclabel.model import CellTypeAnnotator, align_genes
 
     model = CellTypeAnnotator.load(model_dir)
-    adata, _ = labelled_data(input_h5ad)
-    X, _ = align_genes(adata, model.genes, min_overlap=1.0, source=input_h5ad)
+    X, _ = align_genes(adata, model.genes, min_overlap=1.0, source=source)
     predicted, _ = model.predict(X)
     if model.encoder_kind == "transformer":
         return attention_top_genes(model, X, predicted, progress=False).assign(attribution="attention")
@@ -52,18 +74,20 @@ def neural_top_genes(model_dir: str, input_h5ad: str) -> pd.DataFrame:
 
 
 def top_genes_stage(method: str, settings: Mapping[str, Any], seed: int, input_h5ad: str, splits_file: str,
-                    model_dir: str | None, output: str) -> None:
+                    model_dir: str | None, output: str, max_cells_per_type: int = DEFAULT_MAX_CELLS_PER_TYPE,
+                    chunk_cells: int = DEFAULT_CHUNK_CELLS) -> None:
     """Rank genes per cell type for one method and write the tidy table."""
-    if method == "wilcoxon":
+    if method in LINEAR_BASELINES:
+        ranking = linear_top_genes(method, settings, seed, input_h5ad, splits_file, chunk_cells)
+    elif method == "wilcoxon":
         from sclabel.de import wilcoxon_ranking
 
-        adata, labels = labelled_data(input_h5ad)
+        adata, labels = labelled_sample(input_h5ad, max_cells_per_type, seed)
         adata.obs["cell_type"] = labels.to_numpy()
         ranking = wilcoxon_ranking(adata).assign(attribution="wilcoxon")
-    elif method in LINEAR_BASELINES:
-        ranking = linear_top_genes(method, settings, seed, input_h5ad, splits_file)
     else:
-        ranking = neural_top_genes(model_dir, input_h5ad)
+        adata, _ = labelled_sample(input_h5ad, max_cells_per_type, seed)
+        ranking = neural_top_genes(model_dir, adata, input_h5ad)
     table = ranking.assign(method=method)[TOP_GENE_COLUMNS]
     log.info("%s: top genes per type\n%s", method,
              table[table["rank"] <= 5].groupby("cell_type")["gene"].apply(", ".join).to_string())

@@ -84,18 +84,24 @@ def read_split(splits_file: str, split: str) -> pd.Series:
     return roles.dropna()
 
 
-# (training matrix, training labels, test matrix) -> (test class probabilities, classes)
-FitPredict = Callable[[Any, np.ndarray, Any], tuple[np.ndarray, np.ndarray]]
+# (training matrix, training labels) -> (predict: a matrix's rows -> their class probabilities, classes)
+Fit = Callable[[Any, np.ndarray], tuple[Callable[[Any], np.ndarray], np.ndarray]]
 
 
-def predict_split(method: str, fit_predict: FitPredict, features: Any, cell_ids: pd.Index, labels: pd.Series,
-                  roles: pd.Series, output: str) -> None:
-    """Fit on the split's train + val cells of ``features`` (rows = ``cell_ids``); write its test predictions."""
+def predict_split(method: str, fit: Fit, features: Any, cell_ids: pd.Index, labels: pd.Series, roles: pd.Series,
+                  output: str, chunk_cells: int = store.DEFAULT_CHUNK_CELLS) -> None:
+    """Fit on the split's train + val cells of ``features`` (rows = ``cell_ids``); write its test predictions.
+
+    ``features`` is a matrix in memory or a store's ``RowView``: only the split's rows are read, and the test cells
+    are predicted ``chunk_cells`` at a time.
+    """
     row = pd.Series(np.arange(len(cell_ids)), index=cell_ids)
     fit_ids = roles.index[roles.isin([splits.TRAIN, splits.VAL])]
     test_ids = roles.index[roles == splits.TEST]
-    probabilities, classes = fit_predict(features[row[fit_ids].to_numpy()], labels[fit_ids].to_numpy(),
-                                         features[row[test_ids].to_numpy()])
+    predict, classes = fit(baselines.take_rows(features, row[fit_ids].to_numpy()), labels[fit_ids].to_numpy())
+    test = baselines.take_rows(features, row[test_ids].to_numpy())
+    probabilities = np.vstack([np.empty((0, len(classes)))]
+                              + [predict(chunk) for chunk in baselines.row_chunks(test, chunk_cells)])
     table = predictions_table(test_ids, labels[test_ids].to_numpy(), probabilities, classes)
     log.info("%s: %d training cells, %d test cells, accuracy %.3f", method, len(fit_ids), len(test_ids),
              float(np.mean(table["true"] == table["predicted"])))
@@ -103,18 +109,26 @@ def predict_split(method: str, fit_predict: FitPredict, features: Any, cell_ids:
 
 
 def baseline_on_features(method: str, settings: Mapping[str, Any], seed: int, features: Any, cell_ids: pd.Index,
-                         labels: pd.Series, roles: pd.Series, output: str) -> None:
+                         labels: pd.Series, roles: pd.Series, output: str,
+                         chunk_cells: int = store.DEFAULT_CHUNK_CELLS) -> None:
     """Fit a baseline on the split's train + val cells of ``features`` (rows = ``cell_ids``) and predict its test cells."""
-    predict_split(method, lambda X, y, X_test: baselines.fit_predict_baseline(method, settings, X, y, X_test, seed),
-                  features, cell_ids, labels, roles, output)
+
+    def fit(X: Any, y: np.ndarray) -> tuple[Callable[[Any], np.ndarray], np.ndarray]:
+        model = baselines.fit_baseline(method, settings, X, y, seed, chunk_cells)
+        return lambda chunk: np.asarray(model.predict_proba(chunk), dtype=float), np.asarray(model.classes_)
+
+    predict_split(method, fit, features, cell_ids, labels, roles, output, chunk_cells)
 
 
 def baseline_stage(method: str, settings: Mapping[str, Any], seed: int, input_h5ad: str, splits_file: str,
-                   split: str, output: str) -> None:
-    """Train a classical baseline on the normalised matrix of the split's training cells; predict its test cells."""
-    adata = ad.read_h5ad(input_h5ad)
-    baseline_on_features(method, settings, seed, adata.X, adata.obs_names, adata.obs["cell_type"].astype(str),
-                         read_split(splits_file, split), output)
+                   split: str, output: str, chunk_cells: int = store.DEFAULT_CHUNK_CELLS) -> None:
+    """Train a classical baseline on the normalised matrix of the split's training cells; predict its test cells.
+
+    The matrix is opened as a ``CellStore``: only the split's train + val and test rows are read.
+    """
+    with store.CellStore(input_h5ad) as cells:
+        baseline_on_features(method, settings, seed, cells.view(), cells.obs_names,
+                             cells.obs["cell_type"].astype(str), read_split(splits_file, split), output, chunk_cells)
 
 
 def predictions_table(cell_ids: pd.Index, y_true: np.ndarray, probabilities: np.ndarray,

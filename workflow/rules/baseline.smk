@@ -10,6 +10,7 @@ rule baseline:
     params:
         settings=lambda wildcards: config["baseline"].get(wildcards.method, {}),
         seed=config["baseline"]["seed"],
+        chunk_cells=config["store"]["chunk_cells"],
     log:
         "results/logs/baseline/{method}/{split}.log",
     benchmark:

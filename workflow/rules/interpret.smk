@@ -15,6 +15,8 @@ rule top_genes:
     params:
         settings=lambda wildcards: config["baseline"].get(wildcards.method, {}),
         seed=config["baseline"]["seed"],
+        max_cells_per_type=config["interpret"]["max_cells_per_type"],
+        chunk_cells=config["store"]["chunk_cells"],
     log:
         "results/logs/top_genes/{method}.log",
     benchmark:

@@ -15,6 +15,7 @@ rule peer_celltypist:
         settings=config["peers"]["celltypist"],
         seed=config["peers"]["seed"],
         target_sum=config["qc"]["target_sum"],
+        chunk_cells=config["store"]["chunk_cells"],
     log:
         "results/logs/peers/celltypist/{split}.log",
     benchmark:
@@ -39,6 +40,7 @@ rule peer_singler:
         settings=config["peers"]["singler"],
         seed=config["peers"]["seed"],
         target_sum=config["qc"]["target_sum"],
+        chunk_cells=config["store"]["chunk_cells"],
     log:
         "results/logs/peers/singler/{split}.log",
     benchmark:
