@@ -14,9 +14,11 @@ and streams the h5ad to disk in chunks, so its memory does not grow with N.
 Each size runs one held-out batch (``split.scheme: lodo``) with capped epochs and one thread per job, in
 ``DIR/<N>/``, which is deleted once measured unless ``--keep``. The report, from Snakemake's benchmark files: per job
 (rule, method) wall s, CPU s and peak RSS per size and the growth exponent between consecutive sizes
-(log ratio / log size ratio); the largest job RSS per size; mlp fine-tuning cells/s per epoch next to the dense-FLOP
-floor (6 x genes x first-layer width FLOP per cell per epoch at the float32 matmul rate measured here with 1 thread);
-CellTypist's (mini-batch) fit + predict time next to mlp's. Markdown on stdout; ``--out`` writes the per-job rows as
+(log ratio / log size ratio); the largest job RSS per size. Snakemake samples a job every second for 30 s, then
+every 30 s, so its CPU s of a long job miss up to 30 s; the peak RSS is the larger of its samples and the kernel's
+high-water mark of the job's processes, polled here every 0.5 s. Then mlp fine-tuning cells/s per epoch next to
+the dense-FLOP floor (6 x genes x first-layer width FLOP per cell per epoch at the float32 matmul rate measured here
+with 1 thread), and CellTypist's (mini-batch) fit + predict time next to mlp's. Markdown on stdout; ``--out`` writes the per-job rows as
 TSV and the summary beside it (``<out>.summary.tsv``).
 """
 
