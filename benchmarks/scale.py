@@ -290,9 +290,10 @@ def workflow_config(data: Path, methods: Sequence[str], epochs: int, seed: int) 
         "pretrain": {"seed": seed, "threads": 1, "device": "cpu",
                      "kmeans": {"rounds": 1, "epochs": 1}},
         "finetune": {"seed": seed, "threads": 1, "device": "cpu", "epochs": epochs, "patience": epochs},
-        # CellTypist's mini-batch SGD; with_mean: false (its sparse large-data mode) fails in celltypist.annotate
-        # 1.7.1 with current scipy ('coo_matrix' item assignment), so the peer stage's default scaling is kept
-        "peers": {"seed": seed, "threads": 1, "celltypist": {"mini_batch": True}},
+        # the yardstick: CellTypist's own large-data mode (mini-batch SGD, no centring of the sparse matrix) at every
+        # size; the peer stage predicts through dense pieces, since annotate() fails on a sparse with_mean=False query
+        "peers": {"seed": seed, "threads": 1,
+                  "celltypist": {"use_SGD": True, "mini_batch": True, "with_mean": False}},
         "baseline": {"seed": seed},
         "interpret": {"enabled": False},
     }
