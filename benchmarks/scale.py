@@ -66,6 +66,7 @@ LIBRARY_SIGMA = 0.25  # sd of the log-normal library-size jitter
 GENE_SEED = 7  # the gene space's extra low-rate genes (names, rates) and the library calibration sample
 DEFAULT_METHODS = ("logreg", "mlp", "kmeans+mlp", "celltypist")
 SPLIT_NAME = re.compile(r"^(cv[0-9]+|lodo_.+|final)$")
+EPOCH_RATE = re.compile(r"epoch \d+: .* (\d+) training cells/s$", re.MULTILINE)
 LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) .* best epoch", re.MULTILINE)
 
 
@@ -411,21 +412,20 @@ def benchmark_file(workdir: Path, stage: str, method: str) -> Path | None:
     return path if path.is_file() else None
 
 
-def fit_seconds(workdir: Path, method: str, history: dict) -> tuple[float, str]:
-    """Fine-tuning seconds: the history's per-epoch times if recorded, else job start to the log's 'best epoch' line.
-
-    The fallback includes start-up and the data read, so the cells/s derived from it is a lower bound.
-    """
-    if history.get("epoch_seconds"):
-        return float(sum(history["epoch_seconds"])), "history"
-    bench = benchmark_file(workdir, "finetune", method)
+def finetune_log(workdir: Path, method: str) -> str:
+    """The text of a neural method's fine-tuning log on the held-out split ('' when absent)."""
     log = workdir / "results" / "logs" / "finetune" / method / f"lodo_{HOLDOUT}.log"
-    stamps = LOG_TIME.findall(log.read_text()) if log.is_file() else []
+    return log.read_text() if log.is_file() else ""
+
+
+def fit_seconds(workdir: Path, method: str) -> float:
+    """Fine-tuning seconds from job start to the log's 'best epoch' line (start-up and the data read included)."""
+    bench = benchmark_file(workdir, "finetune", method)
+    stamps = LOG_TIME.findall(finetune_log(workdir, method))
     if bench is None or not stamps:
-        return math.nan, "none"
+        return math.nan
     job_start = bench.stat().st_mtime - float(pd.read_csv(bench, sep="\t")["s"][0])
-    fit_end = datetime.strptime(stamps[-1], "%Y-%m-%d %H:%M:%S,%f").timestamp()
-    return fit_end - job_start, "log (>= fit: includes start-up and read)"
+    return datetime.strptime(stamps[-1], "%Y-%m-%d %H:%M:%S,%f").timestamp() - job_start
 
 
 def matmul_gflops(genes: int, hidden: int, batch: int = 128, seconds: float = 1.0) -> float:
@@ -453,13 +453,16 @@ def finetune_summary(workdir: Path, method: str, gflops: dict[tuple[int, int], f
     encoder = meta["encoder_hparams"]
     hidden = (encoder.get("hidden_dims") or [encoder["out_dim"]])[0]
     cells, epochs = len(meta["config"]["cells"]["train"]), len(history["epoch"])
-    seconds, source = fit_seconds(workdir, method, history)
+    seconds = fit_seconds(workdir, method)
+    epoch_rates = [float(rate) for rate in EPOCH_RATE.findall(finetune_log(workdir, method))]
     if (genes, hidden) not in gflops:
         gflops[genes, hidden] = matmul_gflops(genes, hidden)
     floor = gflops[genes, hidden] * 1e9 / (6.0 * genes * hidden)
-    rate = cells * epochs / seconds
+    # the training steps' own rate, logged per epoch (batches read from disk included, validation excluded)
+    rate = float(np.mean(epoch_rates)) if epoch_rates else cells * epochs / seconds
     return {f"{method}_train_cells": cells, f"{method}_epochs": epochs, f"{method}_fit_s": seconds,
-            f"{method}_fit_s_source": source, f"{method}_cells_per_s_epoch": rate, "genes": genes,
+            f"{method}_rate_source": "epoch log" if epoch_rates else "job time",
+            f"{method}_cells_per_s_epoch": rate, "genes": genes,
             "first_layer_width": hidden, "matmul_gflops_1thread": gflops[genes, hidden],
             f"{method}_floor_cells_per_s": floor, f"{method}_x_of_floor": floor / rate}
 
@@ -526,7 +529,7 @@ def summary_table(summaries: list[dict]) -> pd.DataFrame:
     """The per-size summary, one row per size, in the order of the columns worth reading."""
     columns = ["cells", "generated_genes", "nnz_per_cell", "generate_s", "workflow_wall_s", "max_job_rss_mb",
                "max_rss_job", "genes", "mlp_train_cells", "mlp_epochs", "mlp_fit_s", "mlp_cells_per_s_epoch",
-               "matmul_gflops_1thread", "mlp_floor_cells_per_s", "mlp_x_of_floor", "mlp_fit_s_source",
+               "matmul_gflops_1thread", "mlp_floor_cells_per_s", "mlp_x_of_floor", "mlp_rate_source",
                "mlp_job_s", "celltypist_job_s", "mlp_over_celltypist"]
     table = pd.DataFrame(summaries)
     return table[[c for c in columns if c in table.columns]]
