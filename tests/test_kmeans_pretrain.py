@@ -16,7 +16,7 @@ from sklearn.decomposition import PCA
 from sklearn.metrics import adjusted_rand_score
 
 from sclabel.nn.encoders import build_encoder
-from sclabel.nn.kmeans_pretrain import ScaleSettings, n_clusters, pretrain_kmeans, pseudo_labels
+from sclabel.nn.kmeans_pretrain import ScaleSettings, n_clusters, pretrain_kmeans, pseudo_labels, randomized_pca
 from sclabel.store import CellStore, write_store
 
 SIZES = (50, 100, 200)
@@ -112,6 +112,17 @@ def test_below_the_thresholds_labels_are_those_of_pca_on_all_cells_and_kmeans(pb
     for scale in (ScaleSettings(), exact_fit):
         labels = pseudo_labels(X, SIZES, seed=0, scale=scale)
         assert all(np.array_equal(labels[size], full[size]) for size in SIZES)
+
+
+def test_randomized_pca_of_sparse_cells_finds_the_leading_axes_of_the_exact_pca(pbmc):
+    X = pbmc[0]["symphony"]
+    exact = PCA(n_components=50, svd_solver="arpack", random_state=0).fit(X)
+    mean, axes = randomized_pca(X, 50, seed=0)
+    assert sp.issparse(X) and axes.shape == (50, X.shape[1])
+    np.testing.assert_allclose(mean, exact.mean_, atol=1e-5)
+    np.testing.assert_allclose(axes @ axes.T, np.eye(50), atol=1e-8)
+    cosines = np.abs(np.sum(axes[:10] * exact.components_[:10], axis=1))
+    assert np.all(cosines > 0.99), cosines
 
 
 def test_above_the_thresholds_sampled_pca_and_minibatch_kmeans_still_follow_cell_types(pbmc):

@@ -77,11 +77,29 @@ def _row_chunks(n_cells: int, chunk_cells: int) -> Iterator[np.ndarray]:
         yield np.arange(start, min(start + chunk_cells, n_cells))
 
 
+def randomized_pca(X: Matrix, n_components: int, seed: int, n_iter: int = 7,
+                   oversamples: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, principal axes) of sparse or dense ``X`` by randomized SVD of the implicitly centred matrix.
+
+    Subspace iteration after Halko, Martinsson & Tropp (2011), as sklearn's randomized PCA, which refuses
+    sparse input; the matrix is never centred (or densified) in memory.
+    """
+    mean = np.asarray(X.mean(axis=0), dtype=np.float64).ravel()
+    right = lambda M: X @ M - mean @ M  # noqa: E731  (X - 1 mean) @ M
+    left = lambda P: X.T @ P - np.outer(mean, P.sum(axis=0))  # noqa: E731  (X - 1 mean).T @ P
+    omega = np.random.default_rng(seed).standard_normal((X.shape[1], n_components + oversamples))
+    Q = np.linalg.qr(right(omega))[0]
+    for _ in range(n_iter):
+        Q = np.linalg.qr(right(np.linalg.qr(left(Q))[0]))[0]
+    axes = np.linalg.svd(left(Q).T, full_matrices=False)[2][:n_components]
+    return mean, axes
+
+
 def _principal_components(X: Features, n_pcs: int, seed: int, scale: ScaleSettings) -> np.ndarray:
     """PCA scores of ``X``; ``X`` itself (dense) when it has at most ``n_pcs`` columns.
 
-    Up to ``scale.pca_cells`` cells the PCA is fitted on all of them (``fit_transform``); above, on a seeded
-    random sample of that many cells, and applied to all cells ``scale.chunk_cells`` at a time.
+    Up to ``scale.pca_cells`` cells the PCA (ARPACK) is fitted on all of them; above, a randomized PCA is fitted
+    on a seeded random sample of that many cells and applied to all cells ``scale.chunk_cells`` at a time.
     """
     n_cells = X.shape[0]
     chunks = _row_chunks(n_cells, scale.chunk_cells)
@@ -90,10 +108,12 @@ def _principal_components(X: Features, n_pcs: int, seed: int, scale: ScaleSettin
     if n_cells <= scale.pca_cells:
         n_components = min(n_pcs, min(X.shape) - 1)
         return PCA(n_components=n_components, svd_solver="arpack", random_state=seed).fit_transform(_in_memory(X))
-    sample = np.sort(np.random.default_rng(seed).choice(n_cells, scale.pca_cells, replace=False))
-    n_components = min(n_pcs, scale.pca_cells - 1, X.shape[1] - 1)
-    pca = PCA(n_components=n_components, svd_solver="arpack", random_state=seed).fit(X[sample])
-    return np.concatenate([pca.transform(X[rows]) for rows in chunks])
+    rng = np.random.default_rng(seed)
+    sample = np.sort(rng.choice(n_cells, scale.pca_cells, replace=False))
+    mean, axes = randomized_pca(X[sample], min(n_pcs, scale.pca_cells - 1, X.shape[1] - 1), seed)
+    axes = axes.astype(np.float32)
+    offset = mean.astype(np.float32) @ axes.T
+    return np.concatenate([X[rows] @ axes.T - offset for rows in chunks])
 
 
 def _kmeans(n_cells: int, cluster_size: int, seed: int, minibatch_above: int) -> KMeans | MiniBatchKMeans:
