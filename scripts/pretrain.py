@@ -9,7 +9,8 @@ from sclabel.training import pretrain_stage
 def main(sm) -> None:
     torch.set_num_threads(sm.threads)
     pretrain_stage(sm.wildcards.pretrain, sm.wildcards.encoder, sm.params.encoder_hparams, sm.params.settings,
-                   sm.input.h5ad, sm.input.splits, sm.wildcards.split, sm.output.encoder, sm.output.history)
+                   sm.params.store, sm.input.h5ad, sm.input.splits, sm.wildcards.split, sm.output.encoder,
+                   sm.output.history)
 
 
 run_step(snakemake, main)  # noqa: F821 (injected by Snakemake)

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from sclabel.errors import InputError
+from sclabel.store import CellStore, write_store
 from sclabel.nn.transformer import (
     GeneTransformerEncoder,
     attention_received,
@@ -151,6 +152,24 @@ def test_pretraining_is_reproducible_with_seed() -> None:
 
     assert run(3) == run(3)
     assert run(3) != run(4)
+
+
+def test_pretraining_streamed_from_the_store_equals_in_memory(pbmc: ad.AnnData, tmp_path: Path) -> None:
+    write_store(pbmc, tmp_path / "store.h5ad", chunk_cells=250)
+    rows = np.sort(np.random.default_rng(0).choice(pbmc.n_obs, 150, replace=False))
+
+    def run(X) -> tuple[dict[str, list[float]], dict[str, torch.Tensor]]:
+        torch.manual_seed(0)
+        encoder = GeneTransformerEncoder(pbmc.n_vars, **TINY)
+        history = pretrain_masked_bins(encoder, X, epochs=2, batch_size=16, seed=1, progress=False,
+                                       buffer_cells=40)  # a buffer of two batches: several disk reads per epoch
+        return history, encoder.state_dict()
+
+    in_memory, weights = run(pbmc.X[rows])
+    with CellStore(tmp_path / "store.h5ad") as store:
+        streamed, streamed_weights = run(store.view(rows))
+    assert streamed == in_memory
+    assert all(torch.equal(weights[key], streamed_weights[key]) for key in weights)
 
 
 def test_gene_embedding_init_sets_rows(tmp_path: Path) -> None:

@@ -69,7 +69,8 @@ def initial_encoder_state(kind: str, hparams: Mapping[str, Any], genes: Sequence
     return new_encoder(kind, hparams, genes).state_dict()
 
 
-def pretraining_cells(adata: ad.AnnData, roles: pd.Series, settings: Mapping[str, Any]) -> dict[str, np.ndarray]:
+def pretraining_cells(adata: ad.AnnData | CellStore, roles: pd.Series,
+                      settings: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """Row indices per dataset that pretraining may use: never the split's test cells unless allowed."""
     allowed = np.ones(adata.n_obs, dtype=bool)
     if not settings["use_test_cells"]:
@@ -107,39 +108,47 @@ def load_encoder(path: str, genes: Sequence[str]) -> torch.nn.Module:
 
 
 def pretrain_stage(pretrain: str, encoder_kind: str, encoder_hparams: Mapping[str, Any],
-                   settings: Mapping[str, Any], input_h5ad: str, splits_file: str, split: str,
-                   output_encoder: str, output_history: str) -> None:
-    """Self-supervised pretraining of an encoder on the cells the split allows; labels are never read."""
-    adata = ad.read_h5ad(input_h5ad)
-    cells = pretraining_cells(adata, read_split(splits_file, split), settings)
-    if not cells:
-        raise InputError(input_h5ad, "pretrain.datasets", f"no cells left for pretraining on split {split}",
-                         "list datasets with cells outside the test split or set pretrain.use_test_cells: true")
-    log.info("pretraining %s+%s on %s", pretrain, encoder_kind, {k: len(v) for k, v in cells.items()})
-    genes = list(adata.var_names)
-    seed_everything(settings["seed"])
-    encoder = new_encoder(encoder_kind, encoder_hparams, genes)
-    device = pick_device(settings["device"])
-    method = settings[pretrain]
-    if pretrain == "kmeans":
-        from sclabel.nn.kmeans_pretrain import pretrain_kmeans
+                   settings: Mapping[str, Any], store_settings: Mapping[str, Any], input_h5ad: str,
+                   splits_file: str, split: str, output_encoder: str, output_history: str) -> None:
+    """Self-supervised pretraining of an encoder on the cells the split allows; labels are never read.
 
-        history = pretrain_kmeans({name: adata.X[rows] for name, rows in cells.items()}, encoder,
-                                  cluster_sizes=method["cluster_sizes"], rounds=method["rounds"],
-                                  epochs=method["epochs"], batch_size=method["batch_size"], lr=method["lr"],
-                                  seed=settings["seed"], device=device, progress=PROGRESS)
-    else:
-        from sclabel.nn.transformer import pretrain_masked_bins
+    The matrix is read from disk by rows (``sclabel.store``): each dataset's allowed cells are a ``RowView``.
+    """
+    with CellStore(input_h5ad) as store:
+        cells = pretraining_cells(store, read_split(splits_file, split), settings)
+        if not cells:
+            raise InputError(input_h5ad, "pretrain.datasets", f"no cells left for pretraining on split {split}",
+                             "list datasets with cells outside the test split or set pretrain.use_test_cells: true")
+        log.info("pretraining %s+%s on %s", pretrain, encoder_kind, {k: len(v) for k, v in cells.items()})
+        genes = list(store.var_names)
+        seed_everything(settings["seed"])
+        encoder = new_encoder(encoder_kind, encoder_hparams, genes)
+        device = pick_device(settings["device"])
+        method = settings[pretrain]
+        if pretrain == "kmeans":
+            from sclabel.nn.kmeans_pretrain import ScaleSettings, pretrain_kmeans
 
-        rows = np.sort(np.concatenate(list(cells.values())))
-        if method["max_cells"] and len(rows) > method["max_cells"]:
-            rows = np.sort(np.random.default_rng(settings["seed"]).choice(rows, method["max_cells"], replace=False))
-        history = pretrain_masked_bins(encoder, adata.X[rows], epochs=method["epochs"],
-                                       batch_size=method["batch_size"], lr=method["lr"],
-                                       mask_prob=method["mask_prob"], seed=settings["seed"], device=device,
-                                       grad_accum_steps=method["grad_accum_steps"], progress=PROGRESS)
+            scale = ScaleSettings(pca_cells=method["pca_cells"], minibatch_above=method["minibatch_above"],
+                                  chunk_cells=store_settings["chunk_cells"],
+                                  buffer_cells=store_settings["buffer_cells"])
+            history = pretrain_kmeans({name: store.view(rows) for name, rows in cells.items()}, encoder,
+                                      cluster_sizes=method["cluster_sizes"], rounds=method["rounds"],
+                                      epochs=method["epochs"], batch_size=method["batch_size"], lr=method["lr"],
+                                      seed=settings["seed"], device=device, progress=PROGRESS, scale=scale)
+        else:
+            from sclabel.nn.transformer import pretrain_masked_bins
+
+            rows = np.sort(np.concatenate(list(cells.values())))
+            if method["max_cells"] and len(rows) > method["max_cells"]:
+                rows = np.sort(np.random.default_rng(settings["seed"]).choice(rows, method["max_cells"],
+                                                                              replace=False))
+            history = pretrain_masked_bins(encoder, store.view(rows), epochs=method["epochs"],
+                                           batch_size=method["batch_size"], lr=method["lr"],
+                                           mask_prob=method["mask_prob"], seed=settings["seed"], device=device,
+                                           grad_accum_steps=method["grad_accum_steps"], progress=PROGRESS,
+                                           buffer_cells=store_settings["buffer_cells"])
+        history["cells"] = {name: store.obs_names[rows].tolist() for name, rows in cells.items()}
     log.info("pretraining loss per epoch: %s", [round(v, 4) for v in history["loss"]])
-    history["cells"] = {name: adata.obs_names[rows].tolist() for name, rows in cells.items()}
     io.write_text(json.dumps(history, indent=1, default=str), output_history)
     save_encoder(encoder, encoder_kind, genes, output_encoder)
 

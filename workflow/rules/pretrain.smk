@@ -11,6 +11,7 @@ rule pretrain:
     params:
         encoder_hparams=lambda wildcards: config["encoder"][wildcards.encoder],
         settings={**config["pretrain"], "device": torch_device("pretrain")},
+        store=config["store"],
     resources:
         gpu=gpu_resource("pretrain"),
     threads: config["pretrain"]["threads"]

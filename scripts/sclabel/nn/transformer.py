@@ -34,6 +34,7 @@ from torch.utils.checkpoint import checkpoint
 from tqdm.auto import tqdm
 
 from sclabel.errors import InputError
+from sclabel.store import DEFAULT_BUFFER_CELLS, Matrix, row_blocks
 
 DEFAULT_BIN_EDGES: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0, 3.0)
 POOLINGS = ("mean", "max")
@@ -308,13 +309,13 @@ def _check_config(
 
 
 def _batches(
-    X: sp.csr_matrix | np.ndarray, batch_size: int, generator: torch.Generator
+    X: Matrix, batch_size: int, generator: torch.Generator, buffer_cells: int = DEFAULT_BUFFER_CELLS
 ) -> Iterator[Tensor]:
-    """Shuffled dense float32 mini-batches of the rows of ``X``."""
+    """Shuffled dense float32 mini-batches of the rows of ``X``, read ``buffer_cells`` rows at a time."""
     order = torch.randperm(X.shape[0], generator=generator).numpy()
-    for start in range(0, len(order), batch_size):
-        rows = X[np.sort(order[start : start + batch_size])]
-        dense = rows.toarray() if sp.issparse(rows) else rows
+    batches = [np.sort(order[start : start + batch_size]) for start in range(0, len(order), batch_size)]
+    for _, block in row_blocks(X, batches, buffer_cells):
+        dense = block.toarray() if sp.issparse(block) else block
         yield torch.from_numpy(np.asarray(dense, dtype=np.float32))
 
 
@@ -335,7 +336,7 @@ def _masked_step(
 
 def pretrain_masked_bins(
     encoder: GeneTransformerEncoder,
-    X: sp.csr_matrix | np.ndarray,
+    X: Matrix,
     epochs: int = 10,
     batch_size: int = 16,
     lr: float = 1e-3,
@@ -345,8 +346,12 @@ def pretrain_masked_bins(
     progress: bool = True,
     grad_accum_steps: int = 1,
     weight_decay: float = 0.01,
+    buffer_cells: int = DEFAULT_BUFFER_CELLS,
 ) -> dict[str, list[float]]:
-    """Masked-bin pre-training on log1p CP10k ``X``; per-epoch ``loss`` and ``masked_accuracy``."""
+    """Masked-bin pre-training on log1p CP10k ``X``; per-epoch ``loss`` and ``masked_accuracy``.
+
+    ``X`` may be a ``store.RowView``: batches are then read from disk ``buffer_cells`` rows at a time.
+    """
     # Cross-entropy on masked genes only, AdamW, gradients averaged over grad_accum_steps
     # batches; seed fixes the global torch RNG (dropout), the batch order and the masks.
     if X.shape[1] != encoder.n_genes:
@@ -361,7 +366,7 @@ def pretrain_masked_bins(
     n_batches = math.ceil(X.shape[0] / batch_size)
     for epoch in range(epochs):
         totals = np.zeros(3)  # loss sum, correct, masked
-        bar = tqdm(_batches(X, batch_size, order_rng), total=n_batches,
+        bar = tqdm(_batches(X, batch_size, order_rng, buffer_cells), total=n_batches,
                    desc=f"masked-bin epoch {epoch + 1}/{epochs}", disable=not progress)
         for step, x in enumerate(bar, start=1):
             loss, correct, n_masked = _masked_step(encoder, x.to(device), mask_prob, mask_rng)
