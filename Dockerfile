@@ -92,7 +92,7 @@ RUN mkdir -p /conda-envs/14ef36bd051104cab391e532795ca9b8
 COPY envs/report.yaml /conda-envs/14ef36bd051104cab391e532795ca9b8/environment.yaml
 # Conda environment:
 #   source: envs/singler.yaml
-#   prefix: /conda-envs/44b1c744d5514bab35065305b0f05a69
+#   prefix: /conda-envs/0df33cf615c2b94ae376bd0c2dbb83c2
 #   # SingleR peer: BiocPy's singler (Python bindings of the C++ singlepp) and its BiocPy dependencies, from PyPI wheels
 #   channels:
 #     - conda-forge
@@ -110,6 +110,7 @@ COPY envs/report.yaml /conda-envs/14ef36bd051104cab391e532795ca9b8/environment.y
 #     - pip=25.3
 #     - pip:
 #         - singler==0.5.0
+#         - scranpy==0.3.1  # SingleR's aggregated reference at scale (peers.singler.aggregate_cells)
 #         - biocutils==0.5.0
 #         - biocframe==0.8.1
 #         - delayedarray==0.6.2
@@ -120,8 +121,8 @@ COPY envs/report.yaml /conda-envs/14ef36bd051104cab391e532795ca9b8/environment.y
 #         - compressed-lists==0.4.5
 #         - mattress==0.4.3
 #         - knncolle==0.3.1
-RUN mkdir -p /conda-envs/44b1c744d5514bab35065305b0f05a69
-COPY envs/singler.yaml /conda-envs/44b1c744d5514bab35065305b0f05a69/environment.yaml
+RUN mkdir -p /conda-envs/0df33cf615c2b94ae376bd0c2dbb83c2
+COPY envs/singler.yaml /conda-envs/0df33cf615c2b94ae376bd0c2dbb83c2/environment.yaml
 # Conda environment:
 #   source: envs/sklearn.yaml
 #   prefix: /conda-envs/6354d58bac3dd42cf22710ba9f06255c
@@ -168,7 +169,7 @@ RUN conda env create --prefix /conda-envs/1ab79fab0e2fbc62c59c427521816f7b --fil
     conda env create --prefix /conda-envs/1220da59dc8758880739f5c1ac6aa194 --file /conda-envs/1220da59dc8758880739f5c1ac6aa194/environment.yaml && \
     conda env create --prefix /conda-envs/666a003a8289c2c19125f05230b1e03f --file /conda-envs/666a003a8289c2c19125f05230b1e03f/environment.yaml && \
     conda env create --prefix /conda-envs/14ef36bd051104cab391e532795ca9b8 --file /conda-envs/14ef36bd051104cab391e532795ca9b8/environment.yaml && \
-    conda env create --prefix /conda-envs/44b1c744d5514bab35065305b0f05a69 --file /conda-envs/44b1c744d5514bab35065305b0f05a69/environment.yaml && \
+    conda env create --prefix /conda-envs/0df33cf615c2b94ae376bd0c2dbb83c2 --file /conda-envs/0df33cf615c2b94ae376bd0c2dbb83c2/environment.yaml && \
     conda env create --prefix /conda-envs/6354d58bac3dd42cf22710ba9f06255c --file /conda-envs/6354d58bac3dd42cf22710ba9f06255c/environment.yaml && \
     conda env create --prefix /conda-envs/c8890a52c317ca6e7688ac22ed6ee469 --file /conda-envs/c8890a52c317ca6e7688ac22ed6ee469/environment.yaml && \
     conda clean --all -y

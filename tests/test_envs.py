@@ -16,7 +16,7 @@ SCRIPTS = REPO_ROOT / "scripts"
 PACKAGE_OF = {"sklearn": "scikit-learn", "matplotlib": "matplotlib-base", "yaml": "pyyaml"}
 # packages a rule's script imports by name at run time: sclabel.peers.import_peer loads each peer's package in its
 # own rule only, so that envs/celltypist.yaml needs no singler and the other way round
-RUNTIME_IMPORTS = {"peer_celltypist": {"celltypist"}, "peer_singler": {"singler"}}
+RUNTIME_IMPORTS = {"peer_celltypist": {"celltypist"}, "peer_singler": {"singler", "scranpy"}}
 RULE = re.compile(r"^rule (\w+):(.*?)(?=^rule |\Z)", re.MULTILINE | re.DOTALL)
 
 
