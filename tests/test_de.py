@@ -113,3 +113,38 @@ def test_wilcoxon_ranks_b_cell_markers_high(shared_data: Path) -> None:
     assert len(bcells) == adata.n_vars and bcells["rank"].min() == 1
     assert min(bcells.loc["CD79A", "rank"], bcells.loc["MS4A1", "rank"]) <= 20
     assert bcells.loc["CD79A", "log2fc"] > 1 and bcells.loc["CD79A", "adjusted_p_value"] < 1e-10
+
+
+def test_pseudobulk_stage_streams_the_store_and_equals_the_in_memory_de(simulated: ad.AnnData, tmp_path: Path) -> None:
+    from sclabel.explain import pseudobulk_stage
+    from sclabel.store import write_store
+
+    adata = simulated.copy()
+    adata.layers["counts"] = adata.X.copy()
+    sc.pp.normalize_total(adata, target_sum=1e4)
+    sc.pp.log1p(adata)
+    write_store(adata, tmp_path / "combined.h5ad")
+    settings = {"sample_key": "sample", "condition_key": "condition", "contrast": ["condition", "B", "A"],
+                "min_cells": 10}
+    outputs = [tmp_path / name for name in ("de.tsv", "skipped.tsv", "volcano.png")]
+    pseudobulk_stage(str(tmp_path / "combined.h5ad"), settings, *map(str, outputs), chunk_cells=17)
+    streamed = pd.read_csv(outputs[0], sep="\t")
+    expected, _ = pseudobulk_de(adata, "sample", "condition", ("condition", "B", "A"))
+    assert len(streamed) == len(expected) == 2 * adata.n_vars
+    np.testing.assert_allclose(streamed["log2_fold_change"].to_numpy(), expected["log2_fold_change"].to_numpy(),
+                               rtol=1e-6)
+    assert streamed.loc[streamed["gene"] == PLANTED_GENE, "log2_fold_change"].gt(2).all()
+
+
+def test_streamed_pseudobulk_refuses_non_integer_counts_by_chunk(simulated: ad.AnnData, tmp_path: Path) -> None:
+    from sclabel.explain import pseudobulk_stage
+    from sclabel.store import write_store
+
+    adata = simulated.copy()
+    adata.X = adata.X * 0.5
+    write_store(adata, tmp_path / "combined.h5ad")
+    settings = {"sample_key": "sample", "condition_key": "condition", "contrast": ["condition", "B", "A"],
+                "min_cells": 10}
+    with pytest.raises(InputError, match="not raw integer counts"):
+        pseudobulk_stage(str(tmp_path / "combined.h5ad"), settings, *(str(tmp_path / n) for n in "abc"),
+                         chunk_cells=50)

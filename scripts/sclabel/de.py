@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import anndata as ad
 import numpy as np
@@ -18,12 +18,15 @@ SKIP_COLUMNS = ["cell_type", "reason"]
 TOO_FEW_SAMPLES = "fewer than 2 samples per condition"
 
 
-def require_obs_columns(adata: ad.AnnData, columns: Sequence[str]) -> None:
-    """One-line InputError naming the first of ``columns`` missing from ``adata.obs``."""
+CountChunks = Iterable[tuple[np.ndarray, sp.spmatrix]]  # (row positions in obs, raw counts of those rows)
+
+
+def require_obs_columns(obs: pd.DataFrame, columns: Sequence[str]) -> None:
+    """One-line InputError naming the first of ``columns`` missing from ``obs``."""
     for column in columns:
-        if column not in adata.obs.columns:
+        if column not in obs.columns:
             raise InputError("adata.obs", column, "column not found",
-                             f"add obs['{column}'] or pass one of: {', '.join(map(str, adata.obs.columns))}")
+                             f"add obs['{column}'] or pass one of: {', '.join(map(str, obs.columns))}")
 
 
 def is_integer_valued(X: np.ndarray | sp.spmatrix) -> bool:
@@ -32,16 +35,19 @@ def is_integer_valued(X: np.ndarray | sp.spmatrix) -> bool:
     return bool(np.all(np.mod(values, 1) == 0))
 
 
-def count_matrix(adata: ad.AnnData) -> sp.csr_matrix:
-    """Raw counts from ``layers['counts']``, else from ``X`` when it is integer-valued; InputError otherwise."""
-    if "counts" in adata.layers:
-        X, where = adata.layers["counts"], "layers['counts']"
-    else:
-        X, where = adata.X, "X"
+def checked_counts(X: np.ndarray | sp.spmatrix, where: str) -> sp.csr_matrix:
+    """``X`` as CSR when it holds raw integer counts; InputError naming ``where`` otherwise."""
     if not is_integer_valued(X):
         raise InputError("adata", where, "not raw integer counts",
                          "store raw UMI counts in adata.layers['counts'] (or in X) before pseudobulking")
     return sp.csr_matrix(X)
+
+
+def count_matrix(adata: ad.AnnData) -> sp.csr_matrix:
+    """Raw counts from ``layers['counts']``, else from ``X`` when it is integer-valued; InputError otherwise."""
+    if "counts" in adata.layers:
+        return checked_counts(adata.layers["counts"], "layers['counts']")
+    return checked_counts(adata.X, "X")
 
 
 def log1p_copy(adata: ad.AnnData, groupby: str) -> ad.AnnData:
@@ -59,7 +65,7 @@ def log1p_copy(adata: ad.AnnData, groupby: str) -> ad.AnnData:
 
 def wilcoxon_ranking(adata: ad.AnnData, groupby: str = "cell_type", n_genes: int | None = None) -> pd.DataFrame:
     """Genes ranked per group by scanpy's Wilcoxon test (one group vs rest) on log1p data; rank 1 = best."""
-    require_obs_columns(adata, [groupby])
+    require_obs_columns(adata.obs, [groupby])
     data = log1p_copy(adata, groupby)
     sizes = data.obs[groupby].value_counts()
     if len(sizes) < 2 or (sizes < 2).any():
@@ -88,22 +94,30 @@ def sample_level_columns(obs: pd.DataFrame, sample_key: str) -> list[str]:
 def pseudobulk(adata: ad.AnnData, sample_key: str, cell_type_key: str,
                min_cells: int = 10) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Counts summed per sample x cell type (kept with >= ``min_cells`` cells) and their metadata (+ n_cells)."""
-    require_obs_columns(adata, [sample_key, cell_type_key])
-    counts = count_matrix(adata)
-    pairs = pd.MultiIndex.from_frame(adata.obs[[sample_key, cell_type_key]].astype(str))
+    require_obs_columns(adata.obs, [sample_key, cell_type_key])
+    return summed_pseudobulk(adata.obs, [(np.arange(adata.n_obs), count_matrix(adata))], adata.var_names,
+                             sample_key, cell_type_key, min_cells)
+
+
+def summed_pseudobulk(obs: pd.DataFrame, counts: CountChunks, genes: Sequence[str], sample_key: str,
+                      cell_type_key: str, min_cells: int = 10) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``pseudobulk`` over counts that arrive in row chunks (e.g. read from a cell store): one chunk in memory."""
+    pairs = pd.MultiIndex.from_frame(obs[[sample_key, cell_type_key]].astype(str))
     codes, groups = pairs.factorize(sort=True)
-    indicator = sp.csr_matrix((np.ones(adata.n_obs), (codes, np.arange(adata.n_obs))),
-                              shape=(len(groups), adata.n_obs))
+    summed = np.zeros((len(groups), len(genes)))
+    for rows, chunk in counts:
+        indicator = sp.csr_matrix((np.ones(len(rows)), (codes[rows], np.arange(len(rows)))),
+                                  shape=(len(groups), len(rows)))
+        summed += (indicator @ sp.csr_matrix(chunk, dtype=np.float64)).toarray()
     names = [f"{sample}|{cell_type}" for sample, cell_type in groups]
-    summed = pd.DataFrame(np.rint((indicator @ counts).toarray()).astype(np.int64), index=names,
-                          columns=adata.var_names.astype(str))
+    table = pd.DataFrame(np.rint(summed).astype(np.int64), index=names, columns=pd.Index(genes).astype(str))
     metadata = pd.DataFrame(list(groups), columns=[sample_key, cell_type_key], index=names)
     metadata["n_cells"] = np.bincount(codes, minlength=len(groups))
-    extra = [column for column in sample_level_columns(adata.obs, sample_key) if column != cell_type_key]
-    per_sample = adata.obs.groupby(adata.obs[sample_key].astype(str), observed=True)[extra].first()
+    extra = [column for column in sample_level_columns(obs, sample_key) if column != cell_type_key]
+    per_sample = obs.groupby(obs[sample_key].astype(str), observed=True)[extra].first()
     metadata = metadata.join(per_sample, on=sample_key)
     keep = metadata["n_cells"].to_numpy() >= min_cells
-    return summed.loc[keep], metadata.loc[keep]
+    return table.loc[keep], metadata.loc[keep]
 
 
 def deseq(counts: pd.DataFrame, condition: pd.Series, test: str, reference: str) -> pd.DataFrame:
@@ -124,20 +138,20 @@ def deseq(counts: pd.DataFrame, condition: pd.Series, test: str, reference: str)
                          "base_mean": res["baseMean"].to_numpy()})
 
 
-def check_contrast(adata: ad.AnnData, sample_key: str, condition_key: str, contrast: tuple[str, str, str]) -> None:
+def check_contrast(obs: pd.DataFrame, sample_key: str, condition_key: str, contrast: tuple[str, str, str]) -> None:
     """One-line InputError unless ``contrast`` names ``condition_key``, two present levels, one level per sample."""
     column, test, reference = contrast
     if column != condition_key:
         raise InputError("contrast", column, f"contrast column differs from condition_key {condition_key!r}",
                          f"pass contrast=({condition_key!r}, test_level, reference_level)")
-    levels = set(adata.obs[condition_key].astype(str))
+    levels = set(obs[condition_key].astype(str))
     for level in (test, reference):
         if level not in levels:
             raise InputError("adata.obs", condition_key, f"level {level!r} not found (levels: {sorted(levels)})",
                              "name an existing test and reference level in the contrast")
     if test == reference:
         raise InputError("contrast", condition_key, "test and reference level are the same", "pick two levels")
-    per_sample = adata.obs.groupby(sample_key, observed=True)[condition_key].nunique(dropna=False)
+    per_sample = obs.groupby(sample_key, observed=True)[condition_key].nunique(dropna=False)
     if (per_sample > 1).any():
         mixed = list(per_sample.index[per_sample > 1])
         raise InputError("adata.obs", condition_key, f"varies within sample(s) {mixed}",
@@ -148,15 +162,30 @@ def pseudobulk_de(adata: ad.AnnData, sample_key: str, condition_key: str, contra
                   cell_type: str | None = None, min_cells: int = 10,
                   cell_type_key: str = "cell_type") -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per-cell-type pseudobulk DESeq2 of contrast (column, test, reference): (results, skipped cell types + reason)."""
-    require_obs_columns(adata, [sample_key, condition_key, cell_type_key])
-    check_contrast(adata, sample_key, condition_key, contrast)
+    return streamed_pseudobulk_de(adata.obs, lambda rows: [(np.arange(len(rows)), count_matrix(adata[rows]))],
+                                  adata.var_names, sample_key, condition_key, contrast, cell_type, min_cells,
+                                  cell_type_key)
+
+
+def streamed_pseudobulk_de(obs: pd.DataFrame, read_counts: Callable[[np.ndarray], CountChunks], genes: Sequence[str],
+                           sample_key: str, condition_key: str, contrast: tuple[str, str, str],
+                           cell_type: str | None = None, min_cells: int = 10,
+                           cell_type_key: str = "cell_type") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``pseudobulk_de`` where ``read_counts(rows)`` yields the raw counts of obs rows ``rows`` in chunks.
+
+    Each chunk's positions count from 0 within ``rows``; only one chunk and the per-sample sums are in memory.
+    """
+    require_obs_columns(obs, [sample_key, condition_key, cell_type_key])
+    check_contrast(obs, sample_key, condition_key, contrast)
     _, test, reference = contrast
-    cell_types = adata.obs[cell_type_key].astype(str)
+    cell_types = obs[cell_type_key].astype(str)
     if cell_type is not None and cell_type not in set(cell_types):
         raise InputError("adata.obs", cell_type_key, f"cell type {cell_type!r} not found", "pass an existing cell type")
     chosen = sorted(set(cell_types)) if cell_type is None else [cell_type]
-    cells = cell_types.isin(chosen).to_numpy() & adata.obs[condition_key].astype(str).isin([test, reference]).to_numpy()
-    counts, metadata = pseudobulk(adata[cells], sample_key, cell_type_key, min_cells)
+    cells = np.flatnonzero(cell_types.isin(chosen).to_numpy()
+                           & obs[condition_key].astype(str).isin([test, reference]).to_numpy())
+    counts, metadata = summed_pseudobulk(obs.iloc[cells], read_counts(cells), genes, sample_key, cell_type_key,
+                                         min_cells)
     results, skipped = [], []
     for name in chosen:
         rows = metadata.index[metadata[cell_type_key] == name]

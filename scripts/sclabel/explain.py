@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import anndata as ad
+import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 from sclabel import baselines, io, splits
 from sclabel.pipeline import labelled_cells, read_split
@@ -99,13 +101,19 @@ def file_slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "unnamed"
 
 
+def model_genes(input_h5ad: str) -> list[str]:
+    """The genes of the combined matrix, which every model saw (the enrichment background); no matrix is read."""
+    with CellStore(input_h5ad) as store:
+        return list(store.var_names)
+
+
 def enrich_stage(ranking_file: str, input_h5ad: str, libraries: Mapping[str, str], top_n: int,
                  output_dir: str) -> None:
     """Over-representation of each type's top genes in every library, background = the genes the model saw."""
     from sclabel.enrich import dot_plot, enrich_top_genes
 
     ranking = pd.read_csv(ranking_file, sep="\t", dtype={"cell_type": str, "gene": str})
-    background = list(ad.read_h5ad(input_h5ad, backed="r").var_names)
+    background = model_genes(input_h5ad)
     results = enrich_top_genes(ranking, libraries, background, top_n=top_n)
     with io.atomic_folder(output_dir) as tmp:
         for library in libraries:
@@ -124,7 +132,7 @@ def marker_recall_stage(ranking_files: Sequence[str], input_h5ad: str, settings:
     from sclabel.plots import recall_figure
 
     markers = load_marker_table(settings["marker_table"], species=settings["marker_species"])
-    background = set(ad.read_h5ad(input_h5ad, backed="r").var_names)
+    background = set(model_genes(input_h5ad))
     curves = []
     for path in ranking_files:
         ranking = pd.read_csv(path, sep="\t", dtype={"cell_type": str, "gene": str})
@@ -135,15 +143,36 @@ def marker_recall_stage(ranking_files: Sequence[str], input_h5ad: str, settings:
     save_figure(recall_figure(table), output_figure)
 
 
-def pseudobulk_stage(input_h5ad: str, settings: Mapping[str, Any], output_table: str, output_skipped: str,
-                     output_figure: str) -> None:
-    """pydeseq2 on counts summed per sample × cell type, or a stated reason why it cannot run."""
-    from sclabel.de import pseudobulk_de, volcano_plot
+def store_counts(store: CellStore, rows: np.ndarray, chunk_cells: int) -> Iterator[tuple[np.ndarray, sp.csr_matrix]]:
+    """Raw counts of the store's rows ``rows`` (``layers['counts']``, else ``X``), ``chunk_cells`` at a time.
 
-    adata, labels = labelled_data(input_h5ad)
-    adata.obs["cell_type"] = labels.to_numpy()
-    results, skipped = pseudobulk_de(adata, settings["sample_key"], settings["condition_key"],
-                                     tuple(settings["contrast"]), min_cells=settings["min_cells"])
+    Positions count from 0 within ``rows``; a chunk that is not integer-valued ends the stage with one line.
+    """
+    from sclabel.de import checked_counts
+
+    layer = "counts" if "counts" in store.layers else None
+    for start in range(0, len(rows), chunk_cells):
+        part = rows[start:start + chunk_cells]
+        yield np.arange(start, start + len(part)), checked_counts(store.read(part, layer), f"layers['{layer}']"
+                                                                  if layer else "X")
+
+
+def pseudobulk_stage(input_h5ad: str, settings: Mapping[str, Any], output_table: str, output_skipped: str,
+                     output_figure: str, chunk_cells: int = DEFAULT_CHUNK_CELLS) -> None:
+    """pydeseq2 on counts summed per sample × cell type, or a stated reason why it cannot run.
+
+    The counts are read from the store ``chunk_cells`` cells at a time and summed as they arrive.
+    """
+    from sclabel.de import streamed_pseudobulk_de, volcano_plot
+
+    with CellStore(input_h5ad) as store:
+        labels = labelled_cells(store)
+        rows = store.rows_of(labels.index)
+        obs = store.obs.iloc[rows].assign(cell_type=labels.to_numpy())
+        results, skipped = streamed_pseudobulk_de(
+            obs, lambda cells: store_counts(store, rows[cells], chunk_cells), store.var_names,
+            settings["sample_key"], settings["condition_key"], tuple(settings["contrast"]),
+            min_cells=settings["min_cells"])
     for row in skipped.itertuples():
         log.warning("pseudobulk DE skipped for %s: %s", row.cell_type, row.reason)
     io.write_tsv(results, output_table)

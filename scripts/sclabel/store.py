@@ -115,6 +115,7 @@ class CellStore:
             self.var: pd.DataFrame = read_elem(self._file["var"])
             self.uns: dict = read_elem(self._file["uns"]) if "uns" in self._file else {}
             self._X = sparse_dataset(self._file["X"])
+            self.layers: tuple[str, ...] = tuple(self._file["layers"]) if "layers" in self._file else ()
         except (OSError, KeyError, ValueError, TypeError) as exc:
             raise InputError(self.path, "X", f"not a cell store with a sparse X ({type(exc).__name__}: {exc})",
                              "rerun the stage that wrote it (delete the file)") from exc

@@ -88,6 +88,7 @@ rule pseudobulk_de:
         ),
     params:
         settings=config["interpret"]["de"],
+        chunk_cells=config["store"]["chunk_cells"],
     threads: 1
     log:
         "results/logs/pseudobulk_de.log",
