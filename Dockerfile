@@ -144,8 +144,8 @@ RUN mkdir -p /conda-envs/6354d58bac3dd42cf22710ba9f06255c
 COPY envs/sklearn.yaml /conda-envs/6354d58bac3dd42cf22710ba9f06255c/environment.yaml
 # Conda environment:
 #   source: envs/torch.yaml
-#   prefix: /conda-envs/c8890a52c317ca6e7688ac22ed6ee469
-#   # pretraining, fine-tuning and annotation (torch from PyPI: the CPU wheel where no GPU is needed)
+#   prefix: /conda-envs/0cbf016c4b149d3b4ee34a5ef85c6279
+#   # pretraining, fine-tuning and annotation (torch from PyPI: the CPU wheel where no GPU is needed; igraph: Leiden of annotate.majority_voting)
 #   channels:
 #     - conda-forge
 #     - nodefaults
@@ -162,8 +162,9 @@ COPY envs/sklearn.yaml /conda-envs/6354d58bac3dd42cf22710ba9f06255c/environment.
 #     - pip=25.3
 #     - pip:
 #         - torch==2.13.0
-RUN mkdir -p /conda-envs/c8890a52c317ca6e7688ac22ed6ee469
-COPY envs/torch.yaml /conda-envs/c8890a52c317ca6e7688ac22ed6ee469/environment.yaml
+#         - igraph==1.0.0
+RUN mkdir -p /conda-envs/0cbf016c4b149d3b4ee34a5ef85c6279
+COPY envs/torch.yaml /conda-envs/0cbf016c4b149d3b4ee34a5ef85c6279/environment.yaml
 
 RUN conda env create --prefix /conda-envs/1ab79fab0e2fbc62c59c427521816f7b --file /conda-envs/1ab79fab0e2fbc62c59c427521816f7b/environment.yaml && \
     conda env create --prefix /conda-envs/1220da59dc8758880739f5c1ac6aa194 --file /conda-envs/1220da59dc8758880739f5c1ac6aa194/environment.yaml && \
@@ -171,5 +172,5 @@ RUN conda env create --prefix /conda-envs/1ab79fab0e2fbc62c59c427521816f7b --fil
     conda env create --prefix /conda-envs/14ef36bd051104cab391e532795ca9b8 --file /conda-envs/14ef36bd051104cab391e532795ca9b8/environment.yaml && \
     conda env create --prefix /conda-envs/0df33cf615c2b94ae376bd0c2dbb83c2 --file /conda-envs/0df33cf615c2b94ae376bd0c2dbb83c2/environment.yaml && \
     conda env create --prefix /conda-envs/6354d58bac3dd42cf22710ba9f06255c --file /conda-envs/6354d58bac3dd42cf22710ba9f06255c/environment.yaml && \
-    conda env create --prefix /conda-envs/c8890a52c317ca6e7688ac22ed6ee469 --file /conda-envs/c8890a52c317ca6e7688ac22ed6ee469/environment.yaml && \
+    conda env create --prefix /conda-envs/0cbf016c4b149d3b4ee34a5ef85c6279 --file /conda-envs/0cbf016c4b149d3b4ee34a5ef85c6279/environment.yaml && \
     conda clean --all -y
