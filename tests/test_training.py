@@ -44,6 +44,11 @@ def test_pretraining_may_use_test_cells_when_allowed_and_listed_datasets_only():
     assert {k: len(v) for k, v in cells.items()} == {"a": 4}
 
 
+def donor_a_query(shared_data) -> dict[str, dict[str, str]]:
+    """``annotate.queries`` naming donor A's unlabelled PBMCs."""
+    return {"donorA": {"source": str(shared_data / "pbmc_donorA_unlabelled.h5ad"), "values": "counts"}}
+
+
 @pytest.fixture(scope="module")
 def symphony_annotation(shared_data, tmp_path_factory):
     """Train an MLP on all Symphony PBMCs and annotate donor A's unlabelled PBMCs and the mouse immune cells."""
@@ -51,8 +56,7 @@ def symphony_annotation(shared_data, tmp_path_factory):
     config = absolute_paths(load_config("pbmc_symphony.yaml"))
     config["methods"] = ["mlp"]
     config["finetune"] = {"epochs": 15}
-    config["annotate"] = {"method": "mlp", "queries": {
-        "donorA": {"source": str(shared_data / "pbmc_donorA_unlabelled.h5ad"), "values": "counts"}}}
+    config["annotate"] = {"method": "mlp", "queries": donor_a_query(shared_data)}
     snakemake(workdir, write_config(workdir, config), "annotate")
     return workdir, config
 
@@ -72,6 +76,28 @@ def test_annotated_query_has_predictions_confidence_and_embedding(symphony_annot
     assert 0.5 < query.uns["sclabel_annotation"]["gene_overlap"] < 1.0
     summary = pd.read_csv(workdir / "results/annotate/summary.tsv", sep="\t")
     assert summary["cells"].sum() == 2896
+
+
+def test_majority_voting_adds_clusters_and_their_majority_beside_the_per_cell_labels(symphony_annotation,
+                                                                                       shared_data, tmp_path):
+    workdir, config = symphony_annotation
+    config = {**config, "annotate": {**config["annotate"], "queries": donor_a_query(shared_data),
+                                     "majority_voting": True}}
+    snakemake(workdir, write_config(tmp_path, config), "annotate")
+    obs = ad.read_h5ad(workdir / "results/annotate/donorA.h5ad").obs
+    predicted, voted = obs["predicted_cell_type"].astype(str), obs["majority_voting"].astype(str)
+    # the per-cell labels are kept as without voting: unassigned exactly below the threshold
+    assert (predicted[obs["prediction_confidence"] < 0.5] == "unassigned").all()
+    # every cluster carries one voted label, its commonest per-cell prediction
+    frame = pd.DataFrame({"cluster": obs["over_clustering"].astype(str), "predicted": predicted, "voted": voted})
+    assert frame["cluster"].nunique() > 9
+    assert (frame.groupby("cluster")["voted"].nunique() == 1).all()
+    counts = frame.groupby(["cluster", "predicted"]).size()
+    voted_count = counts.reindex(pd.MultiIndex.from_frame(frame[["cluster", "voted"]])).to_numpy()
+    assert (voted_count == frame["cluster"].map(counts.groupby(level="cluster").max()).to_numpy()).all()
+    summary = pd.read_csv(workdir / "results/annotate/summary.tsv", sep="\t").set_index("predicted_cell_type")
+    assert summary["cells"].sum() == summary["voted_cells"].sum() == len(obs)
+    assert (summary["voted_cells"] == voted.value_counts().reindex(summary.index, fill_value=0)).all()
 
 
 def test_annotation_refuses_a_query_with_too_few_model_genes(symphony_annotation, shared_data, tmp_path):

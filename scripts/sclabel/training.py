@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from sclabel import io, qc, splits
+from sclabel import io, qc, splits, voting
 from sclabel.errors import InputError
 from sclabel.model import CellTypeAnnotator, align_genes
 from sclabel.nn.encoders import build_encoder, pick_device, predict_batches, seed_everything
@@ -256,6 +256,19 @@ def annotate_cells(model: CellTypeAnnotator, query: ad.AnnData, settings: Mappin
     return np.concatenate(predicted), np.concatenate(confidence), np.concatenate(embedding), overlap
 
 
+def annotation_counts(obs: pd.DataFrame, query: str, overlap: float) -> pd.DataFrame:
+    """Summary rows of one annotated query: cells per predicted type, and per voted type when voting ran."""
+    counts = pd.DataFrame({"cells": obs["predicted_cell_type"].value_counts()})
+    if "majority_voting" in obs:
+        counts = counts.join(obs["majority_voting"].value_counts().rename("voted_cells"), how="outer")
+    counts = counts.fillna(0).astype(int)
+    for column in list(counts):
+        counts[column.replace("cells", "fraction")] = counts[column] / len(obs)
+    counts = counts.rename_axis("predicted_cell_type").reset_index()
+    return counts.assign(query=query, gene_overlap=overlap)[["query", "predicted_cell_type", *counts.columns[1:],
+                                                              "gene_overlap"]]
+
+
 def annotate_stage(model_dir: str, query_files: Sequence[str], settings: Mapping[str, Any], target_sum: float,
                    outputs: Sequence[str], output_summary: str, chunk_cells: int = DEFAULT_CHUNK_CELLS) -> None:
     """Label each query dataset with a trained model: predicted type, confidence, embedding.
@@ -272,8 +285,10 @@ def annotate_stage(model_dir: str, query_files: Sequence[str], settings: Mapping
         query.obsm["X_sclabel"] = embedding
         query.uns["sclabel_annotation"] = {"model": str(model_dir), "gene_overlap": overlap,
                                            "threshold": settings["threshold"], "labels": model.labels}
+        if settings["majority_voting"]:
+            clusters, majority = voting.vote_query(query, predicted, target_sum, chunk_cells, settings["seed"])
+            query.obs["over_clustering"] = pd.Categorical(clusters, categories=sorted(set(clusters), key=int))
+            query.obs["majority_voting"] = pd.Categorical(majority)
         io.write_h5ad(query, output)
-        counts = query.obs["predicted_cell_type"].value_counts()
-        rows += [{"query": Path(output).stem, "predicted_cell_type": label, "cells": int(n),
-                  "fraction": n / query.n_obs, "gene_overlap": overlap} for label, n in counts.items()]
-    io.write_tsv(pd.DataFrame(rows), output_summary)
+        rows.append(annotation_counts(query.obs, Path(output).stem, overlap))
+    io.write_tsv(pd.concat(rows, ignore_index=True), output_summary)
