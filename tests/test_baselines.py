@@ -17,6 +17,7 @@ from threadpoolctl import threadpool_limits
 from sclabel import baselines
 from sclabel.baselines import BASELINES, EMBEDDING_BASELINES, build_baseline, fit_predict_baseline
 from sclabel.errors import InputError
+from sclabel.store import row_chunks, take_rows
 
 CONTROLS = ("majority", "random")
 PCA_BASELINES = ("knn_pca", "rf_pca", "svm_pca")
@@ -253,7 +254,7 @@ def test_a_cell_store_gives_the_in_memory_fit(pbmc, pbmc_store, name, settings):
     train, test = pbmc_store
     in_memory = baselines.fit_baseline(name, settings, pbmc["X_train"], pbmc["y_train"], 0, chunk_cells=150)
     streamed = baselines.fit_baseline(name, settings, train, pbmc["y_train"], 0, chunk_cells=150)
-    chunks = np.vstack([streamed.predict_proba(chunk) for chunk in baselines.row_chunks(test, 70)])
+    chunks = np.vstack([streamed.predict_proba(chunk) for chunk in row_chunks(test, 70)])
     np.testing.assert_allclose(chunks, in_memory.predict_proba(pbmc["X_test"]), rtol=1e-6, atol=1e-9)
 
 
@@ -261,7 +262,7 @@ def test_a_cell_store_gives_the_in_memory_fit(pbmc, pbmc_store, name, settings):
 def test_stored_values_count_a_views_rows_from_the_index(pbmc, pbmc_store):
     train, _ = pbmc_store
     assert baselines.stored_values(train) == pbmc["X_train"].nnz
-    assert baselines.stored_values(baselines.take_rows(train, np.array([5, 2]))) == pbmc["X_train"][[5, 2]].nnz
+    assert baselines.stored_values(take_rows(train, np.array([5, 2]))) == pbmc["X_train"][[5, 2]].nnz
 
 
 @pytest.mark.shared_data

@@ -69,7 +69,7 @@ from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.validation import check_is_fitted
 
 from sclabel.errors import InputError
-from sclabel.store import DEFAULT_CHUNK_CELLS, RowView
+from sclabel.store import DEFAULT_CHUNK_CELLS, RowView, in_memory, row_chunks, take_rows
 
 log = logging.getLogger("sclabel")
 
@@ -77,23 +77,6 @@ CONFIG = "config"
 PENALTIES = ("l1", "l2")
 BLOCK_CELLS = 256  # consecutive training cells read together by a streamed SGD epoch (a few HDF5 chunks)
 MIN_PER_CLASS = 10  # a stratified sample keeps at least this many cells of every class (all of a smaller one)
-
-
-def take_rows(X: Any, rows: np.ndarray) -> Any:
-    """Rows ``rows`` of ``X``: a narrower ``RowView`` (nothing read) for a store's rows, else the rows in memory."""
-    rows = np.asarray(rows, dtype=np.int64)
-    return RowView(X.store, X.rows[rows]) if isinstance(X, RowView) else X[rows]
-
-
-def in_memory(X: Any) -> Any:
-    """``X`` itself, or a ``RowView``'s rows read from disk."""
-    return X.load() if isinstance(X, RowView) else X
-
-
-def row_chunks(X: Any, chunk_cells: int) -> Iterator[Any]:
-    """``X``'s rows in order, ``chunk_cells`` at a time, each chunk in memory."""
-    for start in range(0, X.shape[0], chunk_cells):
-        yield X[np.arange(start, min(start + chunk_cells, X.shape[0]))]
 
 
 def stored_values(X: Any) -> int:

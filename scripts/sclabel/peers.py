@@ -65,11 +65,11 @@ import pandas as pd
 import scipy.sparse as sp
 
 from sclabel import io, qc
-from sclabel.baselines import in_memory, row_chunks, stored_values, stratified_sample, take_rows
+from sclabel.baselines import stored_values, stratified_sample
 from sclabel.errors import InputError
 from sclabel.metrics import NOT_RUN
 from sclabel.pipeline import predict_split, read_split
-from sclabel.store import DEFAULT_CHUNK_CELLS, CellStore
+from sclabel.store import DEFAULT_CHUNK_CELLS, CellStore, in_memory, row_chunks, take_rows
 
 log = logging.getLogger("sclabel")
 
@@ -196,11 +196,6 @@ def training_sample(labels: np.ndarray, X: Any, max_nnz: int, seed: int) -> np.n
     return stratified_sample(labels, int(len(labels) * max_nnz / values), seed)
 
 
-def sub_chunks(X: Any, max_cells: int) -> list[Any]:
-    """``X``'s rows in consecutive pieces of at most ``max_cells`` rows."""
-    return [X[start:start + max_cells] for start in range(0, X.shape[0], max_cells)] or [X]
-
-
 def celltypist_fit(train_X: Any, train_labels: Sequence[str], genes: Sequence[str], seed: int,
                    settings: Mapping[str, Any] | None = None, threads: int = 1,
                    target_sum: float = CP10K) -> tuple[Callable[[Any], np.ndarray], np.ndarray]:
@@ -244,7 +239,7 @@ def celltypist_fit(train_X: Any, train_labels: Sequence[str], genes: Sequence[st
     def predict(test_X: Any) -> np.ndarray:
         test_X = cp10k_log1p(test_X, target_sum, settings["renormalise"])
         scores = []
-        for part in sub_chunks(test_X, dense_cells):
+        for part in row_chunks(test_X, dense_cells):
             query = ad.AnnData(part.toarray())  # annotate fails on a sparse query of a with_mean=False model
             query.var_names = genes
             scores.append(celltypist.annotate(query, model=model, majority_voting=False).decision_matrix)

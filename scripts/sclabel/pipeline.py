@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -93,19 +93,26 @@ def predict_split(method: str, fit: Fit, features: Any, cell_ids: pd.Index, labe
     """Fit on the split's train + val cells of ``features`` (rows = ``cell_ids``); write its test predictions.
 
     ``features`` is a matrix in memory or a store's ``RowView``: only the split's rows are read, and the test cells
-    are predicted ``chunk_cells`` at a time.
+    are predicted and written ``chunk_cells`` at a time.
     """
     row = pd.Series(np.arange(len(cell_ids)), index=cell_ids)
     fit_ids = roles.index[roles.isin([splits.TRAIN, splits.VAL])]
     test_ids = roles.index[roles == splits.TEST]
-    predict, classes = fit(baselines.take_rows(features, row[fit_ids].to_numpy()), labels[fit_ids].to_numpy())
-    test = baselines.take_rows(features, row[test_ids].to_numpy())
-    probabilities = np.vstack([np.empty((0, len(classes)))]
-                              + [predict(chunk) for chunk in baselines.row_chunks(test, chunk_cells)])
-    table = predictions_table(test_ids, labels[test_ids].to_numpy(), probabilities, classes)
+    predict, classes = fit(store.take_rows(features, row[fit_ids].to_numpy()), labels[fit_ids].to_numpy())
+    test = store.take_rows(features, row[test_ids].to_numpy())
+    truth = labels[test_ids].to_numpy().astype(str)
+    hits: list[np.ndarray] = []
+
+    def parts() -> Iterator[tuple[pd.Index, np.ndarray, np.ndarray]]:
+        for start, chunk in zip(range(0, len(test_ids), chunk_cells), store.row_chunks(test, chunk_cells)):
+            probabilities = predict(chunk)
+            stop = start + len(probabilities)
+            hits.append(np.asarray(classes).astype(str)[probabilities.argmax(axis=1)] == truth[start:stop])
+            yield test_ids[start:stop], truth[start:stop], probabilities
+
+    write_predictions(parts(), classes, output)
     log.info("%s: %d training cells, %d test cells, accuracy %.3f", method, len(fit_ids), len(test_ids),
-             float(np.mean(table["true"] == table["predicted"])))
-    io.write_tsv(table, output)
+             float(np.mean(np.concatenate(hits))) if hits else float("nan"))
 
 
 def baseline_on_features(method: str, settings: Mapping[str, Any], seed: int, features: Any, cell_ids: pd.Index,

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import anndata as ad
-import h5py
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
@@ -279,12 +278,6 @@ def combined_obs(obs_tables: Sequence[pd.DataFrame]) -> pd.DataFrame:
     return obs
 
 
-def layer_names(path: str | Path) -> list[str]:
-    """Names of the layers of an h5ad file, without reading them."""
-    with h5py.File(path, "r") as handle:
-        return list(handle["layers"]) if "layers" in handle else []
-
-
 def harmonise_stores(inputs: Sequence[str | Path], names: Sequence[str], join: str, case: str, output: str | Path,
                      renormalise_to: float | None = None, chunk_cells: int = DEFAULT_CHUNK_CELLS) -> pd.DataFrame:
     """``combine`` of cell stores chunk by chunk, written as a store; returns the genes report.
@@ -299,7 +292,7 @@ def harmonise_stores(inputs: Sequence[str | Path], names: Sequence[str], join: s
         labelled = [g for g, store in zip(genes_of, stores) if "cell_type" in store.obs] or genes_of
         genes = combined_genes(genes_of, labelled, join)
         check_genes_shared(genes, names)
-        layers_of = [layer_names(path) for path in inputs]
+        layers_of = [store.layers for store in stores]
         layers = list(dict.fromkeys(name for names_ in layers_of for name in names_))
         with RowWriter(output, combined_obs([store.obs for store in stores]), pd.DataFrame(index=genes),
                        combined_uns(join, genes, names, renormalise_to), layers) as writer:

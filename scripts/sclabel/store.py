@@ -204,12 +204,25 @@ class RowView:
     def __getitem__(self, index: Any) -> sp.csr_matrix:
         return self.store.read(self.rows[index])
 
-    def load(self) -> sp.csr_matrix:
-        """All rows of the view in memory."""
-        return self.store.read(self.rows)
-
 
 Matrix = sp.spmatrix | sp.sparray | np.ndarray | RowView
+
+
+def take_rows(X: Any, rows: np.ndarray) -> Any:
+    """Rows ``rows`` of ``X``: a narrower ``RowView`` (nothing read) for a store's rows, else the rows in memory."""
+    rows = np.asarray(rows, dtype=np.int64)
+    return RowView(X.store, X.rows[rows]) if isinstance(X, RowView) else X[rows]
+
+
+def in_memory(X: Any) -> Any:
+    """``X`` itself when it is an in-memory matrix, else all its rows read (a ``RowView`` or another row reader)."""
+    return X if isinstance(X, np.ndarray) or sp.issparse(X) else X[np.arange(X.shape[0])]
+
+
+def row_chunks(X: Any, chunk_cells: int) -> Iterator[Any]:
+    """``X``'s rows in order, ``chunk_cells`` at a time, each chunk in memory."""
+    for start in range(0, X.shape[0], chunk_cells):
+        yield X[np.arange(start, min(start + chunk_cells, X.shape[0]))]
 
 
 def row_blocks(X: Matrix, batches: Sequence[np.ndarray],

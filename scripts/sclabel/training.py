@@ -153,13 +153,6 @@ def pretrain_stage(pretrain: str, encoder_kind: str, encoder_hparams: Mapping[st
     save_encoder(encoder, encoder_kind, genes, output_encoder)
 
 
-def embed_rows(encoder: torch.nn.Module, store: CellStore, rows: np.ndarray, batch_size: int,
-               chunk_cells: int) -> np.ndarray:
-    """Encoder embedding of the store's rows ``rows``, read ``chunk_cells`` rows at a time."""
-    parts = [predict_batches(encoder, block, batch_size) for _, block in store.chunks(rows, chunk_cells)]
-    return np.concatenate(parts) if parts else np.empty((0, encoder.out_dim), dtype=np.float32)
-
-
 def embedding_baseline_stage(method: str, settings: Mapping[str, Any], seed: int, input_h5ad: str,
                              splits_file: str, split: str, encoder_file: str, output: str, batch_size: int,
                              chunk_cells: int) -> None:
@@ -170,7 +163,7 @@ def embedding_baseline_stage(method: str, settings: Mapping[str, Any], seed: int
     roles = read_split(splits_file, split)
     with CellStore(input_h5ad) as store:
         encoder = load_encoder(encoder_file, list(store.var_names))
-        embedding = embed_rows(encoder, store, store.rows_of(roles.index), batch_size, chunk_cells)
+        embedding = predict_batches(encoder, store.view(store.rows_of(roles.index)), batch_size, chunk_cells)
         labels = store.obs["cell_type"].astype(str)
     baseline_on_features(method, settings, seed, embedding, roles.index, labels, roles, output)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,8 +14,8 @@ from sklearn.decomposition import PCA
 from torch import nn
 from tqdm.auto import tqdm
 
-from sclabel.nn.encoders import pick_device, predict_batches, seed_everything
-from sclabel.store import DEFAULT_BUFFER_CELLS, DEFAULT_CHUNK_CELLS, Matrix, RowView, row_blocks
+from sclabel.nn.encoders import dense_tensor, pick_device, predict_batches, seed_everything
+from sclabel.store import DEFAULT_BUFFER_CELLS, DEFAULT_CHUNK_CELLS, Matrix, in_memory, row_blocks, row_chunks
 
 DEFAULT_CLUSTER_SIZES = (50, 100, 200)
 MINIBATCH_SIZE = 4096  # cells per mini-batch K-means step
@@ -63,21 +63,6 @@ def _dense(block: Matrix) -> np.ndarray:
     return block.toarray() if sp.issparse(block) else np.asarray(block)
 
 
-def _tensor(block: Matrix, device: torch.device) -> torch.Tensor:
-    """A batch of rows as a dense float32 tensor on ``device``."""
-    return torch.from_numpy(np.ascontiguousarray(_dense(block), dtype=np.float32)).to(device)
-
-
-def _in_memory(X: Features) -> Matrix:
-    """``X`` itself when it is an in-memory matrix, else all its rows read."""
-    return X[np.arange(X.shape[0])] if isinstance(X, RowView | Embedded) else X
-
-
-def _row_chunks(n_cells: int, chunk_cells: int) -> Iterator[np.ndarray]:
-    for start in range(0, n_cells, chunk_cells):
-        yield np.arange(start, min(start + chunk_cells, n_cells))
-
-
 def randomized_pca(X: Matrix, n_components: int, seed: int, n_iter: int = 7,
                    oversamples: int = 10) -> tuple[np.ndarray, np.ndarray]:
     """(mean, principal axes) of sparse or dense ``X`` by randomized SVD of the implicitly centred matrix.
@@ -103,18 +88,18 @@ def _principal_components(X: Features, n_pcs: int, seed: int, scale: ScaleSettin
     on a seeded random sample of that many cells and applied to all cells ``scale.chunk_cells`` at a time.
     """
     n_cells = X.shape[0]
-    chunks = _row_chunks(n_cells, scale.chunk_cells)
+    chunks = row_chunks(X, scale.chunk_cells)
     if X.shape[1] <= n_pcs:
-        return np.concatenate([_dense(X[rows]) for rows in chunks])
+        return np.concatenate([_dense(chunk) for chunk in chunks])
     if n_cells <= scale.pca_cells:
         n_components = min(n_pcs, min(X.shape) - 1)
-        return PCA(n_components=n_components, svd_solver="arpack", random_state=seed).fit_transform(_in_memory(X))
+        return PCA(n_components=n_components, svd_solver="arpack", random_state=seed).fit_transform(in_memory(X))
     rng = np.random.default_rng(seed)
     sample = np.sort(rng.choice(n_cells, scale.pca_cells, replace=False))
     mean, axes = randomized_pca(X[sample], min(n_pcs, scale.pca_cells - 1, X.shape[1] - 1), seed)
     axes = axes.astype(np.float32)
     offset = mean.astype(np.float32) @ axes.T
-    return np.concatenate([X[rows] @ axes.T - offset for rows in chunks])
+    return np.concatenate([chunk @ axes.T - offset for chunk in chunks])
 
 
 def _kmeans(n_cells: int, cluster_size: int, seed: int, minibatch_above: int) -> KMeans | MiniBatchKMeans:
@@ -173,7 +158,7 @@ def _train_round(datasets: dict[str, Matrix], encoder: nn.Module, labels: dict[s
             losses = {}
             for name, stream in streams.items():
                 rows, block = next(stream)
-                z = encoder(_tensor(block, device))
+                z = encoder(dense_tensor(block, device))
                 losses[name] = sum(nn.functional.cross_entropy(head(z), torch.from_numpy(y[rows]).to(device))
                                    for head, y in zip(heads[name], labels[name].values()))
             optimizer.zero_grad()
