@@ -1,7 +1,7 @@
 """Run the workflow on N synthetic PBMCs x ~20,000 genes for growing N and report how each job scales.
 
-Usage: python benchmarks/scale.py --cells 10000 100000 1000000 [--seed 0] [--workdir DIR] [--keep] [--out T.tsv]
-                                  [--epochs 3] [--methods logreg mlp kmeans+mlp celltypist] [--genes 20000]
+Usage: python benchmarks/scale.py --cells 10000 100000 1000000 [--seed 0] [--workdir DIR] [--keep] [--low-disk]
+                                  [--out T.tsv] [--epochs 3] [--methods logreg mlp kmeans+mlp celltypist] [--genes 20000]
 
 Cells are resampled from the shared real data (``../shared/data``, or ``$SCLABEL_SHARED_DATA``): each cell copies
 the type of a random FACS-sorted cell of ``pbmc_zheng_sorted.h5ad`` (so the real type proportions) and draws Poisson
@@ -318,9 +318,9 @@ class PeakSampler(threading.Thread):
     known by the rule log its process holds open (``results/logs/X.log`` is job X, as the benchmark files name it).
     """
 
-    def __init__(self, pid: int, interval: float = 0.5) -> None:
+    def __init__(self, pid: int, interval: float = 0.5, reclaim: dict[Path, Path] | None = None) -> None:
         super().__init__(daemon=True)
-        self.pid, self.interval = pid, interval
+        self.pid, self.interval, self.reclaim = pid, interval, dict(reclaim or {})
         self.jobs: dict[int, str] = {}
         self.peaks: dict[str, float] = {}
         self.done = threading.Event()
@@ -350,20 +350,37 @@ class PeakSampler(threading.Thread):
                 continue
             self.peaks[job] = max(self.peaks.get(job, 0.0), peak)
 
+    def reclaim_disk(self) -> None:
+        """Delete each file of ``reclaim`` once its consumer's benchmark file exists (that job has finished)."""
+        for path, consumer_done in list(self.reclaim.items()):
+            if consumer_done.is_file():
+                path.unlink(missing_ok=True)
+                del self.reclaim[path]
+
     def run(self) -> None:
         while not self.done.wait(self.interval):
             self.sample()
+            self.reclaim_disk()
 
 
-def run_workflow(workdir: Path, configfile: Path, log: Path) -> tuple[bool, float, dict[str, float]]:
-    """Run snakemake to the default target with 2 cores, output to ``log``; (succeeded, wall s, peak MB per job)."""
+def consumed_copies(workdir: Path, data: Path) -> dict[Path, Path]:
+    """The matrices a run no longer reads once a later job finished: generated source after download, raw after qc."""
+    benchmarks = workdir / "results" / "benchmarks"
+    return {data: benchmarks / "download" / f"{DATASET}.tsv",
+            workdir / "results" / "data" / "raw" / f"{DATASET}.h5ad": benchmarks / "qc" / f"{DATASET}.tsv"}
+
+
+def run_workflow(workdir: Path, configfile: Path, log: Path,
+                 reclaim: dict[Path, Path] | None = None) -> tuple[bool, float, dict[str, float]]:
+    """Run snakemake to the default target with 2 cores, output to ``log``; (succeeded, wall s, peak MB per job).
+    ``reclaim`` maps files to delete to the benchmark file that says their last reader finished."""
     command = [sys.executable, "-m", "snakemake", "-s", str(REPO_ROOT / "Snakefile"), "--directory", str(workdir),
                "--configfile", str(configfile), "--cores", "2", "--keep-going"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "scripts"), os.environ.get("PYTHONPATH", "")])}
     start = time.perf_counter()
     with log.open("w") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
-        sampler = PeakSampler(process.pid)
+        sampler = PeakSampler(process.pid, reclaim=reclaim)
         sampler.start()
         returncode = process.wait()
         sampler.done.set()
@@ -467,12 +484,16 @@ def finetune_summary(workdir: Path, method: str, gflops: dict[tuple[int, int], f
             f"{method}_floor_cells_per_s": floor, f"{method}_x_of_floor": floor / rate}
 
 
-def size_summary(workdir: Path, data: Path, jobs: pd.DataFrame, wall: float, generate_s: float,
+def data_shape(data: Path) -> tuple[int, int, int]:
+    """(cells, genes, non-zeros) of a generated matrix."""
+    with CellStore(data) as store:
+        return store.n_obs, store.n_vars, int(store.matrix().group["indptr"][-1])
+
+
+def size_summary(workdir: Path, shape: tuple[int, int, int], jobs: pd.DataFrame, wall: float, generate_s: float,
                  gflops: dict[tuple[int, int], float]) -> dict:
     """The per-size numbers beyond the job table."""
-    with CellStore(data) as store:
-        nnz = int(store.matrix().group["indptr"][-1])
-        n_obs, n_vars = store.n_obs, store.n_vars
+    n_obs, n_vars, nnz = shape
     summary = {"cells": n_obs, "generated_genes": n_vars, "nnz_per_cell": nnz / n_obs, "generate_s": generate_s,
                "workflow_wall_s": wall, "max_job_rss_mb": float(jobs["peak_rss_mb"].max()),
                "max_rss_job": str(jobs["peak_rss_mb"].idxmax()) if len(jobs) else ""}
@@ -561,7 +582,10 @@ def measure_size(n: int, args: argparse.Namespace,
     if folder.exists():
         shutil.rmtree(folder)
     (folder / "data").mkdir(parents=True)
-    need = 4 * n * TARGET_NNZ * 8 * args.genes / FULL_GENES / 1e9  # generated, raw, QC'd and combined copies
+    # matrix copies on disk at once: generated, raw, QC'd and combined (the last two with their counts layer);
+    # --low-disk keeps only the QC'd and combined ones once the run is past QC
+    copies = 4 if args.low_disk else 6
+    need = copies * n * TARGET_NNZ * 8 * args.genes / FULL_GENES / 1e9
     if free_gb(folder) < need:
         print(f"warning: {n} cells need about {need:.0f} GB of disk, {free_gb(folder):.0f} GB free", file=sys.stderr)
     data = folder / "data" / f"synthetic_{n}.h5ad"
@@ -571,10 +595,12 @@ def measure_size(n: int, args: argparse.Namespace,
     print(f"{n} cells: generated in {generate_s:.0f} s; running the workflow in {folder}", file=sys.stderr)
     configfile = folder / "config.yaml"
     configfile.write_text(yaml.safe_dump(workflow_config(data, args.methods, args.epochs, args.seed), sort_keys=False))
-    ok, wall, high_water = run_workflow(folder, configfile, folder / "snakemake.log")
+    shape = data_shape(data)
+    reclaim = consumed_copies(folder, data) if args.low_disk else None
+    ok, wall, high_water = run_workflow(folder, configfile, folder / "snakemake.log", reclaim)
     error = None if ok else f"{n} cells: {failure(folder, folder / 'snakemake.log')}"
     jobs = job_table(folder, high_water).reset_index().assign(cells=n)
-    summary = size_summary(folder, data, jobs.set_index("job"), wall, generate_s, gflops)
+    summary = size_summary(folder, shape, jobs.set_index("job"), wall, generate_s, gflops)
     if not args.keep:
         shutil.rmtree(folder)
     return jobs, summary, error
@@ -587,6 +613,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--genes", type=int, default=FULL_GENES, help="keep the N highest-rate genes (CI: fewer)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/sclabel-scale"))
     parser.add_argument("--keep", action="store_true", help="keep each size's data and results (default: delete)")
+    parser.add_argument("--low-disk", action="store_true",
+                        help="delete the generated matrix once downloaded and the raw one once QC'd (saves 2 copies)")
     parser.add_argument("--out", type=Path, help="TSV of per-job rows (the summary goes to <out>.summary.tsv)")
     parser.add_argument("--epochs", type=int, default=3, help="fine-tuning epochs")
     parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS))
