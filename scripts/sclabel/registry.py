@@ -1,0 +1,121 @@
+"""The method registry: the one place that names every annotation method and what the workflow needs to run it.
+
+Rules, config checks, the README's methods table and ``methods.tsv`` read it; adding a method is a module with an
+``Annotator`` class, one entry here and, when it needs packages no env has, an env file under ``envs/``. This module
+imports nothing beyond the standard library, so the Snakefile reads it without any rule env.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from importlib import import_module
+from typing import Any
+
+# What each family runs as in the workflow (workflow/rules/*.smk): the rule that trains it on a split
+FAMILIES = {
+    "baseline": "a classical classifier on the normalised matrix (rule baseline)",
+    "control": "a chance-level control (rule baseline)",
+    "embedding_baseline": "a classical classifier on a pretrained encoder's embedding (rule embedding_baseline)",
+    "neural": "an encoder + classifier head, optionally pretrained (rules pretrain, finetune)",
+    "peer": "a published annotator in its own env (rule peer)",
+}
+PRETRAINING = ("kmeans", "masked_bins")
+ENCODERS = ("mlp", "transformer")
+
+
+@dataclass(frozen=True)
+class Method:
+    """One annotation method: its family, the class that implements it and how the workflow runs it."""
+
+    name: str
+    family: str
+    annotator: str  # "module:Class" of an sclabel.annotator.Annotator subclass
+    env: str  # conda env file under envs/, without .yaml
+    settings: str  # config block of its settings (dotted), e.g. baseline.logreg or peers.celltypist
+    description: str
+    threads: str | None = None  # dotted config key of its thread count (None: one thread)
+    gpu: bool = False  # whether finetune.gpu puts it on a GPU
+    pretrain: str | None = None  # the pretraining its encoder starts from
+    encoder: str | None = None  # neural encoder architecture
+    explains: str | None = None  # how it ranks genes per cell type (None: it does not)
+    at_scale: str = "as at any size"  # what it does on large training sets (methods.tsv)
+
+    def row(self) -> dict[str, Any]:
+        """The method as a flat table row (methods.tsv)."""
+        return asdict(self)
+
+
+def _baseline(name: str, description: str, family: str = "baseline", explains: str | None = None,
+              at_scale: str = "as at any size") -> Method:
+    return Method(name, family, "sclabel.baselines:BaselineAnnotator", "sklearn", f"baseline.{name}", description,
+                  explains=explains, at_scale=at_scale)
+
+
+def _embedding_baseline(name: str, description: str, at_scale: str) -> Method:
+    return Method(name, "embedding_baseline", "sclabel.baselines:BaselineAnnotator", "torch", f"baseline.{name}",
+                  description, at_scale=at_scale)
+
+
+def _neural(pretrain: str | None, encoder: str) -> Method:
+    name = f"{pretrain}+{encoder}" if pretrain else encoder
+    start = {None: "from a random initialisation", "kmeans": "from K-means pseudo-label multi-task pretraining",
+             "masked_bins": "from masked expression-bin reconstruction"}[pretrain]
+    explains = "attention" if encoder == "transformer" else "gradient_x_input"
+    return Method(name, "neural", "sclabel.model:CellTypeAnnotator", "torch", "finetune",
+                  f"{encoder} encoder + scBalance head fine-tuned {start}", threads="finetune.threads", gpu=True,
+                  pretrain=pretrain, encoder=encoder, explains=explains,
+                  at_scale="streams mini-batches from the cell store (store.buffer_cells rows in memory)")
+
+
+PCA_SCALE = "PCA fitted on a stratified sample of baseline.<method>.pca_max_cells cells"
+METHODS: dict[str, Method] = {m.name: m for m in [
+    _baseline("logreg", "L2 logistic regression on log1p CP10k expression", explains="coefficients",
+              at_scale="mini-batch SGD streamed from the store above baseline.logreg.max_nnz stored values"),
+    _baseline("logreg_l1", "L1 logistic regression on log1p CP10k expression", explains="coefficients",
+              at_scale="mini-batch SGD streamed from the store above baseline.logreg_l1.max_nnz stored values"),
+    _baseline("knn_pca", "k-nearest neighbours on 50 PCA components", at_scale=PCA_SCALE),
+    _baseline("rf_pca", "random forest on 50 PCA components",
+              at_scale=f"{PCA_SCALE}; trees on at most baseline.rf_pca.max_cells cells"),
+    _baseline("svm_pca", "calibrated SVM on 50 PCA components",
+              at_scale=f"{PCA_SCALE}; SVM on at most baseline.svm_pca.max_cells cells"),
+    _embedding_baseline("knn_embedding", "k-nearest neighbours on the pretrained embedding",
+                        "embeds every cell by streaming; kNN on all training cells"),
+    _embedding_baseline("rf_embedding", "random forest on the pretrained embedding",
+                        "trees on at most baseline.rf_embedding.max_cells cells"),
+    _embedding_baseline("svm_embedding", "calibrated SVM on the pretrained embedding",
+                        "SVM on at most baseline.svm_embedding.max_cells cells"),
+    _baseline("majority", "predicts the commonest training type (control)", family="control"),
+    _baseline("random", "draws types in training proportions (control)", family="control"),
+    *[_neural(pretrain, encoder) for pretrain in (None, *PRETRAINING) for encoder in ENCODERS
+      if not (pretrain == "masked_bins" and encoder == "mlp")],
+    Method("celltypist", "peer", "sclabel.peers:CelltypistAnnotator", "celltypist", "peers.celltypist",
+           "CellTypist 1.7.1 logistic regression (its own feature selection and scaling)", threads="peers.threads",
+           explains="coefficients",
+           at_scale="CellTypist's large-data mode (mini-batch SGD, no centring) above peers.celltypist.large_data_cells"),
+    Method("singler", "peer", "sclabel.peers:SinglerAnnotator", "singler", "peers.singler",
+           "SingleR (Python port): Spearman correlation to reference profiles over marker genes, fine-tuned",
+           threads="peers.threads",
+           at_scale="reference aggregated per type (scranpy) above peers.singler.aggregate_cells training cells"),
+]}
+
+
+class UnknownMethod(ValueError):
+    """A method name the registry does not know."""
+
+
+def get(name: str) -> Method:
+    """The registered method ``name``; UnknownMethod (one line, with the known names) otherwise."""
+    if name not in METHODS:
+        raise UnknownMethod(f"unknown method '{name}'. Fix: use one of {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+def names(*families: str) -> list[str]:
+    """Registered method names of the given families (all when none given), in registry order."""
+    return [m.name for m in METHODS.values() if not families or m.family in families]
+
+
+def annotator_class(name: str) -> type:
+    """The Annotator class that implements method ``name`` (imported on demand, in the rule's env)."""
+    module, _, attribute = get(name).annotator.partition(":")
+    return getattr(import_module(module), attribute)
