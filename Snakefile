@@ -36,6 +36,7 @@ include: "workflow/rules/interpret.smk"
 rule all:
     input:
         "results/benchmark/summary.tsv",
+        "results/benchmark/methods.tsv",
         "results/report/kappa.png",
         "results/report/per_class_f1.png",
         expand("results/report/confusion/{method}.png", method=METHODS),

@@ -82,9 +82,9 @@ def measure(task: str, device: str, threads: int, n_cells: int, queue: mp.Queue)
         kind = "mlp" if "mlp" in task else "transformer"
         epochs = 10 if kind == "mlp" else 1
         model = CellTypeAnnotator(genes, sorted(set(y)), kind)
-        model.fit(labelled.X, y, labelled.X[:200], y[:200],
-                  FinetuneSettings(epochs=epochs, batch_size=128 if kind == "mlp" else 16, patience=epochs),
-                  seed=0, device=device, progress=False)
+        model.train(labelled.X, y, labelled.X[:200], y[:200],
+                    FinetuneSettings(epochs=epochs, batch_size=128 if kind == "mlp" else 16, patience=epochs),
+                    seed=0, device=device, progress=False)
         cells = epochs * labelled.n_obs
     seconds = time.perf_counter() - start
     peak = (torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda")

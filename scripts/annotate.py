@@ -1,13 +1,10 @@
-"""Snakemake step: annotate new datasets with a trained model."""
+"""Snakemake step: annotate new datasets with the final model of any registered method (in that method's env)."""
 
-import torch
-
+from sclabel.annotate import annotate_stage
 from sclabel.runner import run_step
-from sclabel.training import annotate_stage
 
 
 def main(sm) -> None:
-    torch.set_num_threads(sm.threads)
     annotate_stage(sm.input.model, list(sm.input.queries), sm.params.settings, sm.params.target_sum,
                    list(sm.output.annotated), sm.output.summary, sm.params.store["chunk_cells"])
 

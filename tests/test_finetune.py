@@ -13,7 +13,8 @@ from sklearn.metrics import accuracy_score, f1_score
 from sklearn.model_selection import train_test_split
 
 from sclabel.errors import InputError
-from sclabel.model import UNASSIGNED, CellTypeAnnotator, align_genes
+from sclabel.annotate import align_genes
+from sclabel.model import UNASSIGNED, CellTypeAnnotator
 from sclabel.nn.finetune import FinetuneSettings, class_weights, epoch_order
 
 SETTINGS = FinetuneSettings(epochs=20, batch_size=64, patience=3)
@@ -44,7 +45,7 @@ def _new_model(pbmc, **kwargs) -> CellTypeAnnotator:
 def _fit(pbmc, settings: FinetuneSettings = SETTINGS, seed: int = 0, **kwargs):
     """Fit a fresh annotator on the train split; returns (model, history)."""
     model = _new_model(pbmc)
-    history = model.fit(*pbmc["train"], *pbmc["val"], settings, seed=seed, device="cpu", progress=False, **kwargs)
+    history = model.train(*pbmc["train"], *pbmc["val"], settings, seed=seed, device="cpu", progress=False, **kwargs)
     return model, history
 
 

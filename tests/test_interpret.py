@@ -197,8 +197,8 @@ def test_gradient_planted_genes_rank_first_after_training() -> None:
     order = rng.permutation(300)
     train, val = order[:200], order[200:]
     model = CellTypeAnnotator(GENES, LABELS, "mlp", {"hidden_dims": [32], "out_dim": 16})
-    model.fit(X[train], y[train], X[val], y[val], FinetuneSettings(epochs=15, batch_size=32, patience=15),
-              device="cpu", progress=False)
+    model.train(X[train], y[train], X[val], y[val], FinetuneSettings(epochs=15, batch_size=32, patience=15),
+                device="cpu", progress=False)
     predicted, _ = model.predict(X)
     assert (predicted == y).mean() > 0.9
     table = gradient_top_genes(model, X, predicted, progress=False)

@@ -43,8 +43,8 @@ def _fit(data, X, settings: FinetuneSettings = SETTINGS, **kwargs) -> tuple[Cell
     """Fit an MLP annotator on rows train / val of ``X`` (an in-memory matrix or a store's view)."""
     model = _model(list(data["adata"].var_names), sorted(set(data["y"])))
     y = data["y"]
-    history = model.fit(X(data["train"]), y[data["train"]], X(data["val"]), y[data["val"]], settings, seed=3,
-                        device="cpu", progress=False, **kwargs)
+    history = model.train(X(data["train"]), y[data["train"]], X(data["val"]), y[data["val"]], settings, seed=3,
+                          device="cpu", progress=False, **kwargs)
     return model, history
 
 
@@ -101,8 +101,8 @@ def test_validation_and_prediction_use_the_fine_tuning_batch_size(symphony, tmp_
     assert len(counter.sizes) == 2 * math.ceil(len(symphony["val"]) / 50) and max(counter.sizes) <= 50
 
     model = _model(list(symphony["adata"].var_names), labels)
-    model.fit(X[symphony["train"]], symphony["y"][symphony["train"]], X[symphony["val"]],
-              symphony["y"][symphony["val"]], settings, device="cpu", progress=False)
+    model.train(X[symphony["train"]], symphony["y"][symphony["train"]], X[symphony["val"]],
+                symphony["y"][symphony["val"]], settings, device="cpu", progress=False)
     counter = ForwardCounter(model.encoder)
     model.predict_proba(X[symphony["test"]])
     assert len(counter.sizes) == math.ceil(len(symphony["test"]) / 50) and max(counter.sizes) <= 50

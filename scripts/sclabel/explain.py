@@ -65,7 +65,8 @@ def linear_top_genes(method: str, settings: Mapping[str, Any], seed: int, input_
 def neural_top_genes(model_dir: str, adata: ad.AnnData, source: str) -> pd.DataFrame:
     """Attention (transformer) or gradient × input (MLP) averaged over the cells the model predicts as each type."""
     from sclabel.interpret import attention_top_genes, gradient_top_genes
-    from sclabel.model import CellTypeAnnotator, align_genes
+    from sclabel.annotate import align_genes
+    from sclabel.model import CellTypeAnnotator
 
     model = CellTypeAnnotator.load(model_dir)
     X, _ = align_genes(adata, model.genes, min_overlap=1.0, source=source)

@@ -1,48 +1,23 @@
-"""CellTypeAnnotator: an encoder + classifier head with fit / predict / save / load, and gene alignment."""
+"""CellTypeAnnotator: the neural methods' Annotator (an encoder + classifier head), and gene alignment."""
 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-import anndata as ad
 import numpy as np
-import scipy.sparse as sp
 import torch
 from torch import nn
 
+from sclabel.annotator import UNASSIGNED, Annotator, LabelledCells
 from sclabel.errors import InputError
-from sclabel.io import atomic_folder
 from sclabel.nn.encoders import Matrix, build_encoder, pick_device, predict_batches, seed_everything
 from sclabel.nn.finetune import ClassifierHead, FinetuneSettings, fit_classifier
-from sclabel.qc import gene_selector
 from sclabel.store import DEFAULT_BUFFER_CELLS
 
-UNASSIGNED = "unassigned"
-MODEL_FILES = ("model.json", "weights.pt", "genes.txt", "labels.txt")
-
-
-def align_genes(data: ad.AnnData | tuple[Matrix, Sequence[str]], model_genes: Sequence[str],
-                min_overlap: float = 0.5, source: str = "input") -> tuple[Matrix, float]:
-    """Reorder the columns of an AnnData (or ``(X, genes)``) to ``model_genes``, zero-filling missing genes.
-
-    Returns the aligned matrix (sparse stays sparse) and the fraction of model genes found; raises
-    InputError naming ``source`` when that fraction is below ``min_overlap``.
-    """
-    X, genes = (data.X, data.var_names) if isinstance(data, ad.AnnData) else data
-    selector, found = gene_selector(genes, model_genes)
-    overlap = found / len(model_genes)
-    if overlap < min_overlap:
-        raise InputError(source, "genes", f"only {found} of {len(model_genes)} model genes ({overlap:.0%}) "
-                         f"are present, below the minimum {min_overlap:.0%}",
-                         "use data with the model's gene symbols (same species and naming) or a model "
-                         "trained on these genes")
-    aligned = X @ selector
-    aligned = sp.csr_matrix(aligned, dtype=np.float32) if sp.issparse(aligned) else np.asarray(aligned, np.float32)
-    return aligned, overlap
+MODEL_FILES = ("model.json", "weights.pt", "labels.txt")
 
 
 def _read_lines(path: Path) -> list[str]:
@@ -50,15 +25,19 @@ def _read_lines(path: Path) -> list[str]:
     return [line for line in path.read_text().splitlines() if line]
 
 
-class CellTypeAnnotator:
+class CellTypeAnnotator(Annotator):
     """Cell-type classifier over a fixed gene list: encoder (mlp or transformer) + scBalance-style head."""
+
+    version_bound = ("torch",)
 
     def __init__(self, genes: Sequence[str], labels: Sequence[str], encoder_kind: str = "mlp",
                  encoder_hparams: dict | None = None, head_hparams: dict | None = None,
                  preprocessing: dict | None = None, config: dict | None = None,
                  inference_batch_size: int | None = None) -> None:
-        self.genes = [str(gene) for gene in genes]
+        config = dict(config or {})
+        super().__init__(config.get("method", encoder_kind), config.get("finetune"), 0, genes)
         self.labels = [str(label) for label in labels]
+        self.classes = np.array(self.labels, dtype=str)
         for field, names in (("genes", self.genes), ("labels", self.labels)):
             if len(set(names)) != len(names):
                 raise ValueError(f"{field} must be unique")
@@ -66,7 +45,7 @@ class CellTypeAnnotator:
         self.encoder_hparams = dict(encoder_hparams or {})
         self.head_hparams = dict(head_hparams or {})
         self.preprocessing = dict(preprocessing or {})
-        self.config = dict(config or {})
+        self.config = config
         self.training: dict = {}
         self.inference_batch_size = inference_batch_size  # cells per forward pass; None: fine-tuning batch size
         self._build()
@@ -106,7 +85,14 @@ class CellTypeAnnotator:
             raise ValueError(f"labels not in the model's label list: {', '.join(unknown[:5])}")
         return np.array([code[str(label)] for label in y], dtype=np.int64)
 
-    def fit(self, X_train: Matrix, y_train: Sequence[str], X_val: Matrix, y_val: Sequence[str],
+    def fit(self, train: LabelledCells, validation: LabelledCells | None = None, **options) -> CellTypeAnnotator:
+        """Train with early stopping on ``validation`` (required); ``options`` as for ``train``."""
+        if validation is None:
+            raise ValueError("neural methods stop early on validation cells: pass them")
+        self.train(train.X, train.labels, validation.X, validation.labels, **options)
+        return self
+
+    def train(self, X_train: Matrix, y_train: Sequence[str], X_val: Matrix, y_val: Sequence[str],
             settings: FinetuneSettings | None = None, seed: int = 0, device: str = "auto",
             checkpoint_dir: Path | None = None, pretrained_encoder_state: dict | None = None,
             progress: bool = True, on_epoch_end: Callable[[int, dict], None] | None = None,
@@ -126,6 +112,7 @@ class CellTypeAnnotator:
                                  self.encode_labels(y_val), settings, seed, device, checkpoint_dir, progress,
                                  on_epoch_end, buffer_cells)
         self.training = {"settings": asdict(settings), "seed": seed, "history": history}
+        self.seed = seed
         return history
 
     def predict_proba(self, X: Matrix) -> np.ndarray:
@@ -146,21 +133,25 @@ class CellTypeAnnotator:
         self._check_genes(X)
         return predict_batches(self.encoder, X, self._batch_size())
 
-    def save(self, folder: str | os.PathLike[str]) -> None:
-        """Write weights.pt, genes.txt, labels.txt and model.json into ``folder`` atomically."""
+    def save_arrays(self, folder: Path) -> dict:
+        """weights.pt (weights only), labels.txt and model.json (architecture, preprocessing, training record)."""
         meta = {"encoder_kind": self.encoder_kind, "encoder_hparams": self.encoder.hparams,
                 "head_hparams": self.head.hparams, "preprocessing": self.preprocessing, "config": self.config,
                 "training": self.training, "inference_batch_size": self._batch_size()}
-        with atomic_folder(folder) as tmp:
-            torch.save({"encoder": self.encoder.state_dict(), "head": self.head.state_dict()}, tmp / "weights.pt")
-            (tmp / "genes.txt").write_text("\n".join(self.genes) + "\n")
-            (tmp / "labels.txt").write_text("\n".join(self.labels) + "\n")
-            (tmp / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
+        torch.save({"encoder": self.encoder.state_dict(), "head": self.head.state_dict()}, folder / "weights.pt")
+        (folder / "labels.txt").write_text("\n".join(self.labels) + "\n")
+        (folder / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
+        return {}
+
+    def load_arrays(self, folder: Path, meta: dict) -> None:
+        """The weights written by ``save_arrays`` (the architecture is rebuilt by ``from_saved``)."""
+        weights = torch.load(folder / "weights.pt", map_location="cpu", weights_only=True)
+        self.encoder.load_state_dict(weights["encoder"])
+        self.head.load_state_dict(weights["head"])
 
     @classmethod
-    def load(cls, folder: str | os.PathLike[str]) -> CellTypeAnnotator:
+    def from_saved(cls, folder: Path, manifest: dict) -> CellTypeAnnotator:
         """Rebuild a model written by ``save`` (on cpu, eval mode)."""
-        folder = Path(folder)
         for name in MODEL_FILES:
             if not (folder / name).is_file():
                 raise InputError(folder, name, "file is missing", "point to a folder written by CellTypeAnnotator.save")
@@ -168,8 +159,7 @@ class CellTypeAnnotator:
         model = cls(_read_lines(folder / "genes.txt"), _read_lines(folder / "labels.txt"), meta["encoder_kind"],
                     meta["encoder_hparams"], meta["head_hparams"], meta["preprocessing"], meta["config"],
                     meta.get("inference_batch_size"))
-        weights = torch.load(folder / "weights.pt", map_location="cpu", weights_only=True)
-        model.encoder.load_state_dict(weights["encoder"])
-        model.head.load_state_dict(weights["head"])
+        model.load_arrays(folder, {})
         model.training = meta["training"]
+        model.seed = manifest["seed"]
         return model

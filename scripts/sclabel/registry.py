@@ -7,6 +7,7 @@ imports nothing beyond the standard library, so the Snakefile reads it without a
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 from importlib import import_module
 from typing import Any
@@ -19,8 +20,20 @@ FAMILIES = {
     "neural": "an encoder + classifier head, optionally pretrained (rules pretrain, finetune)",
     "peer": "a published annotator in its own env (rule peer)",
 }
-PRETRAINING = ("kmeans", "masked_bins")
-ENCODERS = ("mlp", "transformer")
+PRETRAINING_TEXT = {
+    None: "no pretraining",
+    "kmeans": "encoder first pretrained scPretrain-style: K-means pseudo-labels at 3 granularities per dataset, one "
+              "head per dataset x granularity, re-clustered on the learned embedding each round (randomized PCA of a "
+              "bounded sample and mini-batch K-means on large data)",
+    "masked_bins": "encoder first pretrained by masked expression-bin reconstruction (15% of detected genes)",
+}
+ENCODER_TEXT = {
+    "mlp": "scBalance-style classifier (batch norm, ELU, dropout 0.5) on a genes -> 200-d encoder",
+    "transformer": "scBERT-style transformer over genes (expression bins + gene-identity embedding, FAVOR+ linear "
+                   "attention)",
+}
+PRETRAINING = tuple(p for p in PRETRAINING_TEXT if p)
+ENCODERS = tuple(ENCODER_TEXT)
 
 
 @dataclass(frozen=True)
@@ -58,42 +71,39 @@ def _embedding_baseline(name: str, description: str, at_scale: str) -> Method:
 
 def _neural(pretrain: str | None, encoder: str) -> Method:
     name = f"{pretrain}+{encoder}" if pretrain else encoder
-    start = {None: "from a random initialisation", "kmeans": "from K-means pseudo-label multi-task pretraining",
-             "masked_bins": "from masked expression-bin reconstruction"}[pretrain]
     explains = "attention" if encoder == "transformer" else "gradient_x_input"
     return Method(name, "neural", "sclabel.model:CellTypeAnnotator", "torch", "finetune",
-                  f"{encoder} encoder + scBalance head fine-tuned {start}", threads="finetune.threads", gpu=True,
+                  f"{ENCODER_TEXT[encoder]}, {PRETRAINING_TEXT[pretrain]}", threads="finetune.threads", gpu=True,
                   pretrain=pretrain, encoder=encoder, explains=explains,
                   at_scale="streams mini-batches from the cell store (store.buffer_cells rows in memory)")
 
 
 PCA_SCALE = "PCA fitted on a stratified sample of baseline.<method>.pca_max_cells cells"
 METHODS: dict[str, Method] = {m.name: m for m in [
-    _baseline("logreg", "L2 logistic regression on log1p CP10k expression", explains="coefficients",
+    _baseline("logreg", "L2 logistic regression on the normalised matrix", explains="coefficients",
               at_scale="mini-batch SGD streamed from the store above baseline.logreg.max_nnz stored values"),
-    _baseline("logreg_l1", "L1 logistic regression on log1p CP10k expression", explains="coefficients",
+    _baseline("logreg_l1", "L1 logistic regression on the normalised matrix", explains="coefficients",
               at_scale="mini-batch SGD streamed from the store above baseline.logreg_l1.max_nnz stored values"),
-    _baseline("knn_pca", "k-nearest neighbours on 50 PCA components", at_scale=PCA_SCALE),
-    _baseline("rf_pca", "random forest on 50 PCA components",
+    _baseline("knn_pca", "kNN on PCA (50 components) of the training cells", at_scale=PCA_SCALE),
+    _baseline("rf_pca", "random forest on PCA of the training cells",
               at_scale=f"{PCA_SCALE}; trees on at most baseline.rf_pca.max_cells cells"),
-    _baseline("svm_pca", "calibrated SVM on 50 PCA components",
+    _baseline("svm_pca", "calibrated SVM on PCA of the training cells",
               at_scale=f"{PCA_SCALE}; SVM on at most baseline.svm_pca.max_cells cells"),
-    _embedding_baseline("knn_embedding", "k-nearest neighbours on the pretrained embedding",
+    _embedding_baseline("knn_embedding", "kNN on the pretrained encoder's embedding (as scPretrain evaluated it)",
                         "embeds every cell by streaming; kNN on all training cells"),
-    _embedding_baseline("rf_embedding", "random forest on the pretrained embedding",
+    _embedding_baseline("rf_embedding", "random forest on the pretrained encoder's embedding",
                         "trees on at most baseline.rf_embedding.max_cells cells"),
-    _embedding_baseline("svm_embedding", "calibrated SVM on the pretrained embedding",
+    _embedding_baseline("svm_embedding", "calibrated SVM on the pretrained encoder's embedding",
                         "SVM on at most baseline.svm_embedding.max_cells cells"),
     _baseline("majority", "predicts the commonest training type (control)", family="control"),
     _baseline("random", "draws types in training proportions (control)", family="control"),
     *[_neural(pretrain, encoder) for pretrain in (None, *PRETRAINING) for encoder in ENCODERS
       if not (pretrain == "masked_bins" and encoder == "mlp")],
     Method("celltypist", "peer", "sclabel.peers:CelltypistAnnotator", "celltypist", "peers.celltypist",
-           "CellTypist 1.7.1 logistic regression (its own feature selection and scaling)", threads="peers.threads",
-           explains="coefficients",
+           "CellTypist 1.7.1, logistic regression on scaled log expression", threads="peers.threads",
            at_scale="CellTypist's large-data mode (mini-batch SGD, no centring) above peers.celltypist.large_data_cells"),
     Method("singler", "peer", "sclabel.peers:SinglerAnnotator", "singler", "peers.singler",
-           "SingleR (Python port): Spearman correlation to reference profiles over marker genes, fine-tuned",
+           "SingleR (BiocPy singler 0.5.0), Spearman correlation to the reference cells over pairwise marker genes",
            threads="peers.threads",
            at_scale="reference aggregated per type (scranpy) above peers.singler.aggregate_cells training cells"),
 ]}
@@ -113,6 +123,32 @@ def get(name: str) -> Method:
 def names(*families: str) -> list[str]:
     """Registered method names of the given families (all when none given), in registry order."""
     return [m.name for m in METHODS.values() if not families or m.family in families]
+
+
+def setting_value(config: dict[str, Any], dotted: str) -> Any:
+    """The config value at a dotted key (None when absent)."""
+    value: Any = config
+    for key in dotted.split("."):
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
+
+
+def method_rows(names_: list[str], config: dict[str, Any]) -> list[dict[str, Any]]:
+    """methods.tsv rows: each method's registry entry and the settings the config gives it (defaults otherwise)."""
+    return [{**get(name).row(), "configured_settings": json.dumps(setting_value(config, get(name).settings) or {},
+                                                                   sort_keys=True, default=str)}
+            for name in names_]
+
+
+def markdown_table() -> str:
+    """The README's methods table: every registered method, its family, what it is and how it runs at scale."""
+    lines = ["| method | family | what it is | env |", "|---|---|---|---|"]
+    lines += [f"| `{m.name}` | {m.family} | {m.description} | `envs/{m.env}.yaml` |" for m in METHODS.values()]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(markdown_table())
 
 
 def annotator_class(name: str) -> type:

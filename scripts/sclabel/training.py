@@ -1,4 +1,4 @@
-"""Workflow stages that use torch: self-supervised pretraining, fine-tuning and annotating new data."""
+"""Workflow stages that use torch: self-supervised pretraining and fine-tuning."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from sclabel import io, qc, splits, voting
+from sclabel import io, registry, splits
 from sclabel.errors import InputError
-from sclabel.model import CellTypeAnnotator, align_genes
+from sclabel.model import CellTypeAnnotator
 from sclabel.nn.encoders import build_encoder, pick_device, predict_batches, seed_everything
 from sclabel.nn.finetune import FinetuneSettings
 from sclabel.pipeline import baseline_on_features, read_split, write_predictions
@@ -26,21 +26,15 @@ from sclabel.store import DEFAULT_BUFFER_CELLS, DEFAULT_CHUNK_CELLS, CellStore
 
 log = logging.getLogger("sclabel")
 PROGRESS = sys.stderr.isatty()  # progress bars on a terminal, not in cluster log files
-PRETRAIN_METHODS = ("kmeans", "masked_bins")
-ENCODERS = ("mlp", "transformer")
 
 
 def parse_method(method: str) -> tuple[str | None, str]:
-    """(pretraining or None, encoder) of a neural method name such as ``kmeans+mlp`` or ``mlp``."""
-    pretrain, _, encoder = method.rpartition("+")
-    if encoder not in ENCODERS or (pretrain and pretrain not in PRETRAIN_METHODS):
+    """(pretraining or None, encoder) of a registered neural method such as ``kmeans+mlp`` or ``mlp``."""
+    spec = registry.METHODS.get(method)
+    if spec is None or spec.family != "neural":
         raise InputError("config", "methods", f"unknown neural method '{method}'",
-                         f"use ENCODER or PRETRAIN+ENCODER with ENCODER in {ENCODERS} and PRETRAIN in "
-                         f"{PRETRAIN_METHODS}")
-    if pretrain == "masked_bins" and encoder != "transformer":
-        raise InputError("config", "methods", f"'{method}': masked_bins pretraining needs the transformer encoder",
-                         "use masked_bins+transformer")
-    return pretrain or None, encoder
+                         f"use one of {', '.join(registry.names('neural'))}")
+    return spec.pretrain, spec.encoder
 
 
 def split_encoder_settings(hparams: Mapping[str, Any]) -> tuple[dict[str, Any], str | None]:
@@ -212,7 +206,7 @@ def finetune_stage(method: str, encoder_hparams: Mapping[str, Any], settings: Ma
                  else initial_encoder_state(encoder_kind, encoder_hparams, genes, settings["seed"]))
         checkpoints = checkpoint_folder(checkpoint_root, {"method": method, "settings": settings, "split": split,
                                                            "encoder": encoder_hparams, "pretrained": pretrained})
-        history = model.fit(store.view(store.rows_of(train)), labels[train], store.view(store.rows_of(val)),
+        history = model.train(store.view(store.rows_of(train)), labels[train], store.view(store.rows_of(val)),
                             labels[val], finetune_settings(settings), seed=settings["seed"], device=settings["device"],
                             checkpoint_dir=checkpoints, pretrained_encoder_state=state, progress=PROGRESS,
                             buffer_cells=store_settings["buffer_cells"])
@@ -224,64 +218,3 @@ def finetune_stage(method: str, encoder_hparams: Mapping[str, Any], settings: Ma
             write_predictions(((store.obs_names[rows], labels.iloc[rows].to_numpy(), model.predict_proba(block))
                                for rows, block in chunks), np.array(model.labels), output_predictions)
     shutil.rmtree(checkpoint_root, ignore_errors=True)
-
-
-def annotate_cells(model: CellTypeAnnotator, query: ad.AnnData, settings: Mapping[str, Any], target_sum: float,
-                   chunk_cells: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """Predicted type, confidence and embedding of a raw query's cells, and the model genes' overlap.
-
-    The query is normalised, aligned to the model's genes and predicted ``chunk_cells`` cells at a time (every step
-    is per cell), so only one chunk's working copies are in memory besides the query itself.
-    """
-    source = query.uns["sclabel"]["source"]
-    _, overlap = align_genes((query.X[:0], query.var_names), model.genes, settings["min_gene_overlap"], source=source)
-    log.info("%s: %d of %d model genes present (%.0f%%); missing genes are zero-filled", source,
-             round(overlap * len(model.genes)), len(model.genes), 100 * overlap)
-    predicted, confidence, embedding = [], [], []
-    for start in range(0, query.n_obs, chunk_cells):
-        X, _ = align_genes(qc.normalise(query[start:start + chunk_cells].copy(), target_sum), model.genes, 0.0)
-        if model.preprocessing.get("renormalise"):
-            X = qc.renormalised(X, target_sum)
-        labels, probability = model.predict(X, settings["threshold"])
-        predicted.append(labels)
-        confidence.append(probability)
-        embedding.append(model.embed(X))
-    return np.concatenate(predicted), np.concatenate(confidence), np.concatenate(embedding), overlap
-
-
-def annotation_counts(obs: pd.DataFrame, query: str, overlap: float) -> pd.DataFrame:
-    """Summary rows of one annotated query: cells per predicted type, and per voted type when voting ran."""
-    counts = pd.DataFrame({"cells": obs["predicted_cell_type"].value_counts()})
-    if "majority_voting" in obs:
-        counts = counts.join(obs["majority_voting"].value_counts().rename("voted_cells"), how="outer")
-    counts = counts.fillna(0).astype(int)
-    for column in list(counts):
-        counts[column.replace("cells", "fraction")] = counts[column] / len(obs)
-    counts = counts.rename_axis("predicted_cell_type").reset_index()
-    return counts.assign(query=query, gene_overlap=overlap)[["query", "predicted_cell_type", *counts.columns[1:],
-                                                              "gene_overlap"]]
-
-
-def annotate_stage(model_dir: str, query_files: Sequence[str], settings: Mapping[str, Any], target_sum: float,
-                   outputs: Sequence[str], output_summary: str, chunk_cells: int = DEFAULT_CHUNK_CELLS) -> None:
-    """Label each query dataset with a trained model: predicted type, confidence, embedding.
-
-    Each query file is held in memory for its annotated copy; predictions and embedding go ``chunk_cells`` at a time.
-    """
-    model = CellTypeAnnotator.load(model_dir)
-    rows = []
-    for path, output in zip(query_files, outputs):
-        query = ad.read_h5ad(path)
-        predicted, confidence, embedding, overlap = annotate_cells(model, query, settings, target_sum, chunk_cells)
-        query.obs["predicted_cell_type"] = pd.Categorical(predicted)
-        query.obs["prediction_confidence"] = confidence
-        query.obsm["X_sclabel"] = embedding
-        query.uns["sclabel_annotation"] = {"model": str(model_dir), "gene_overlap": overlap,
-                                           "threshold": settings["threshold"], "labels": model.labels}
-        if settings["majority_voting"]:
-            clusters, majority = voting.vote_query(query, predicted, target_sum, chunk_cells, settings["seed"])
-            query.obs["over_clustering"] = pd.Categorical(clusters, categories=sorted(set(clusters), key=int))
-            query.obs["majority_voting"] = pd.Categorical(majority)
-        io.write_h5ad(query, output)
-        rows.append(annotation_counts(query.obs, Path(output).stem, overlap))
-    io.write_tsv(pd.concat(rows, ignore_index=True), output_summary)

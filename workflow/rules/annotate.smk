@@ -1,6 +1,6 @@
 rule annotate:
     input:
-        model=f"results/models/{config['annotate']['method']}/final",
+        model=f"results/models/{ANNOTATE_METHOD}/final",
         queries=expand("results/data/raw/{dataset}.h5ad", dataset=QUERIES),
     output:
         annotated=[
@@ -21,6 +21,6 @@ rule annotate:
     benchmark:
         "results/benchmarks/annotate.tsv"
     conda:
-        "../../envs/torch.yaml"
+        method_env(ANNOTATE_METHOD)
     script:
         "../../scripts/annotate.py"

@@ -1,12 +1,14 @@
 # Names and paths shared by the rules; config values reach rules only through params.
 import re
+import sys
 
-NEURAL_METHOD = re.compile(r"^((kmeans|masked_bins)\+)?(mlp|transformer)$")
-# the names of sclabel.baselines.BASELINES (a test keeps the two lists equal)
-EMBEDDING_BASELINES = ["knn_embedding", "rf_embedding", "svm_embedding"]
-PLAIN_BASELINES = ["logreg", "logreg_l1", "knn_pca", "rf_pca", "svm_pca", "majority", "random"]
-# published annotators run by workflow/rules/peers.smk (the names of sclabel.peers.PEERS)
-PEERS = ["celltypist", "singler"]
+sys.path.insert(0, f"{workflow.basedir}/scripts")
+from sclabel import registry  # the method registry: every method name, family, env and resource comes from it
+
+
+EMBEDDING_BASELINES = registry.names("embedding_baseline")
+PLAIN_BASELINES = registry.names("baseline", "control")
+PEERS = registry.names("peer")
 
 
 wildcard_constraints:
@@ -42,24 +44,35 @@ if config["smoke"]:
 DATASETS = list(config["datasets"])
 QUERIES = list(config["annotate"]["queries"])
 METHODS = list(config["methods"])
-NEURAL_METHODS = [m for m in METHODS if NEURAL_METHOD.match(m)]
-unknown = sorted(set(METHODS) - set(PLAIN_BASELINES + EMBEDDING_BASELINES + NEURAL_METHODS + PEERS))
+NEURAL_METHODS = [m for m in METHODS if registry.METHODS.get(m) and registry.get(m).family == "neural"]
+unknown = sorted(set(METHODS) - set(registry.METHODS))
 if unknown:
     raise ValueError(
-        f"config: methods: unknown method(s) {', '.join(unknown)}. Fix: use baselines "
-        f"({', '.join(PLAIN_BASELINES + EMBEDDING_BASELINES)}), neural methods (mlp, transformer, "
-        f"kmeans+mlp, kmeans+transformer, masked_bins+transformer) or peers ({', '.join(PEERS)})"
+        f"config: methods: unknown method(s) {', '.join(unknown)}. Fix: use registered methods "
+        f"({', '.join(registry.METHODS)})"
     )
-if QUERIES and config["annotate"]["method"] not in NEURAL_METHODS:
+EMBEDDING = registry.METHODS.get(config["baseline"]["embedding"])
+if EMBEDDING is None or EMBEDDING.pretrain is None:
     raise ValueError(
-        f"config: annotate.method: '{config['annotate']['method']}' is not among the neural methods "
-        f"in methods ({', '.join(NEURAL_METHODS) or 'none'}). Fix: add it to methods or pick one of those"
+        f"config: baseline.embedding: '{config['baseline']['embedding']}' is not a pretrained neural method. "
+        f"Fix: use one of {', '.join(m for m in registry.names('neural') if registry.get(m).pretrain)}"
+    )
+ANNOTATE_METHOD = config["annotate"]["method"]
+if QUERIES and ANNOTATE_METHOD not in registry.METHODS:
+    raise ValueError(
+        f"config: annotate.method: '{ANNOTATE_METHOD}' is not a registered method. "
+        f"Fix: use one of {', '.join(registry.METHODS)}"
     )
 
 
 INTERPRET_METHODS = [
-    m for m in (config["interpret"]["methods"] or METHODS) if m in NEURAL_METHODS or m in ("logreg", "logreg_l1")
+    m for m in (config["interpret"]["methods"] or METHODS) if registry.METHODS.get(m) and registry.get(m).explains
 ] + ["wilcoxon"]
+
+
+def method_env(method):
+    """The conda env file of a registered method (relative to workflow/rules)."""
+    return f"../../envs/{registry.get(method).env}.yaml"
 
 
 def interpretation_outputs():
@@ -119,15 +132,15 @@ def prediction_files(wildcards):
 
 def pretrained_encoder(wildcards):
     """The pretrained encoder a neural method starts from (none without pretraining)."""
-    pretrain, encoder = NEURAL_METHOD.match(wildcards.method).group(2, 3)
-    if pretrain is None:
+    method = registry.get(wildcards.method)
+    if method.pretrain is None:
         return []
-    return f"results/pretrain/{pretrain}+{encoder}/{wildcards.get('split', 'final')}/encoder.pt"
+    return f"results/pretrain/{method.pretrain}+{method.encoder}/{wildcards.get('split', 'final')}/encoder.pt"
 
 
 def encoder_settings(wildcards):
     """The encoder block of the method's encoder architecture."""
-    return config["encoder"][NEURAL_METHOD.match(wildcards.method).group(3)]
+    return config["encoder"][registry.get(wildcards.method).encoder]
 
 
 def finetune_settings(method):

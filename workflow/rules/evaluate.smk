@@ -21,3 +21,22 @@ rule evaluate:
         "../../envs/sklearn.yaml"
     script:
         "../../scripts/evaluate.py"
+
+
+rule methods_table:
+    output:
+        report(
+            "results/benchmark/methods.tsv",
+            caption="../report/methods.rst",
+            category="Benchmark",
+        ),
+    params:
+        rows=registry.method_rows(METHODS, config),
+    log:
+        "results/logs/methods_table.log",
+    benchmark:
+        "results/benchmarks/methods_table.tsv"
+    conda:
+        "../../envs/sklearn.yaml"
+    script:
+        "../../scripts/methods_table.py"

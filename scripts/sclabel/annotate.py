@@ -1,0 +1,112 @@
+"""Annotating new datasets with any saved annotator: normalise, align genes, predict, optionally vote by cluster.
+
+Torch-free: it runs in the env of the method whose final model annotates (``registry.get(method).env``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from sclabel import io, qc, voting
+from sclabel.annotator import Annotator, load_annotator, predicted_labels
+from sclabel.errors import InputError
+from sclabel.store import DEFAULT_CHUNK_CELLS, Matrix
+
+log = logging.getLogger("sclabel")
+
+
+def align_genes(data: ad.AnnData | tuple[Matrix, Sequence[str]], model_genes: Sequence[str],
+                min_overlap: float = 0.5, source: str = "input") -> tuple[Matrix, float]:
+    """Reorder the columns of an AnnData (or ``(X, genes)``) to ``model_genes``, zero-filling missing genes.
+
+    Returns the aligned matrix (sparse stays sparse) and the fraction of model genes found; raises
+    InputError naming ``source`` when that fraction is below ``min_overlap``.
+    """
+    X, genes = (data.X, data.var_names) if isinstance(data, ad.AnnData) else data
+    selector, found = qc.gene_selector(genes, model_genes)
+    overlap = found / len(model_genes)
+    if overlap < min_overlap:
+        raise InputError(source, "genes", f"only {found} of {len(model_genes)} model genes ({overlap:.0%}) "
+                         f"are present, below the minimum {min_overlap:.0%}",
+                         "use data with the model's gene symbols (same species and naming) or a model "
+                         "trained on these genes")
+    aligned = X @ selector
+    aligned = sp.csr_matrix(aligned, dtype=np.float32) if sp.issparse(aligned) else np.asarray(aligned, np.float32)
+    return aligned, overlap
+
+
+def annotate_cells(model: Annotator, query: ad.AnnData, settings: Mapping[str, Any], target_sum: float,
+                   chunk_cells: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, float]:
+    """Predicted type, confidence, rejection score and embedding (None when the method has none) of a raw query's
+    cells, and the model genes' overlap.
+
+    The query is normalised, aligned to the model's genes and predicted ``chunk_cells`` cells at a time (every step
+    is per cell), so only one chunk's working copies are in memory besides the query itself. A cell is
+    ``unassigned`` when its rejection score exceeds 1 - ``annotate.threshold``.
+    """
+    source = query.uns["sclabel"]["source"]
+    _, overlap = align_genes((query.X[:0], query.var_names), model.genes, settings["min_gene_overlap"], source=source)
+    log.info("%s: %d of %d model genes present (%.0f%%); missing genes are zero-filled", source,
+             round(overlap * len(model.genes)), len(model.genes), 100 * overlap)
+    predicted, confidence, rejection, embedding = [], [], [], []
+    for start in range(0, query.n_obs, chunk_cells):
+        X, _ = align_genes(qc.normalise(query[start:start + chunk_cells].copy(), target_sum), model.genes, 0.0)
+        if model.preprocessing.get("renormalise"):
+            X = qc.renormalised(X, target_sum)
+        probabilities = model.predict_proba(X)
+        rejection.append(model.rejection_score(X))
+        predicted.append(predicted_labels(model, probabilities, settings["threshold"], rejection[-1]))
+        confidence.append(probabilities.max(axis=1))
+        embedding.append(model.embed(X))
+    embedded = None if any(block is None for block in embedding) else np.concatenate(embedding)
+    return (np.concatenate(predicted), np.concatenate(confidence), np.concatenate(rejection), embedded, overlap)
+
+
+def annotation_counts(obs: pd.DataFrame, query: str, overlap: float) -> pd.DataFrame:
+    """Summary rows of one annotated query: cells per predicted type, and per voted type when voting ran."""
+    counts = pd.DataFrame({"cells": obs["predicted_cell_type"].value_counts()})
+    if "majority_voting" in obs:
+        counts = counts.join(obs["majority_voting"].value_counts().rename("voted_cells"), how="outer")
+    counts = counts.fillna(0).astype(int)
+    for column in list(counts):
+        counts[column.replace("cells", "fraction")] = counts[column] / len(obs)
+    counts = counts.rename_axis("predicted_cell_type").reset_index()
+    return counts.assign(query=query, gene_overlap=overlap)[["query", "predicted_cell_type", *counts.columns[1:],
+                                                              "gene_overlap"]]
+
+
+def annotate_stage(model_dir: str, query_files: Sequence[str], settings: Mapping[str, Any], target_sum: float,
+                   outputs: Sequence[str], output_summary: str, chunk_cells: int = DEFAULT_CHUNK_CELLS) -> None:
+    """Label each query dataset with a saved annotator: predicted type, confidence, rejection score (and the
+    method's embedding, when it has one).
+
+    Each query file is held in memory for its annotated copy; predictions and embedding go ``chunk_cells`` at a time.
+    """
+    model = load_annotator(model_dir)
+    rows = []
+    for path, output in zip(query_files, outputs):
+        query = ad.read_h5ad(path)
+        predicted, confidence, rejection, embedding, overlap = annotate_cells(model, query, settings, target_sum,
+                                                                              chunk_cells)
+        query.obs["predicted_cell_type"] = pd.Categorical(predicted)
+        query.obs["prediction_confidence"] = confidence
+        query.obs["rejection_score"] = rejection
+        if embedding is not None:
+            query.obsm["X_sclabel"] = embedding
+        query.uns["sclabel_annotation"] = {"model": str(model_dir), "method": model.method, "gene_overlap": overlap,
+                                           "threshold": settings["threshold"], "labels": model.classes.tolist()}
+        if settings["majority_voting"]:
+            clusters, majority = voting.vote_query(query, predicted, target_sum, chunk_cells, settings["seed"])
+            query.obs["over_clustering"] = pd.Categorical(clusters, categories=sorted(set(clusters), key=int))
+            query.obs["majority_voting"] = pd.Categorical(majority)
+        io.write_h5ad(query, output)
+        rows.append(annotation_counts(query.obs, Path(output).stem, overlap))
+    io.write_tsv(pd.concat(rows, ignore_index=True), output_summary)

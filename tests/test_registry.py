@@ -1,0 +1,121 @@
+"""The method registry is the one source of method names; saved annotators load safely through it."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sclabel import annotator, registry
+from sclabel.errors import InputError
+from sclabel.model import CellTypeAnnotator
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_readme_methods_table_is_the_registry_table():
+    assert registry.markdown_table() in (REPO_ROOT / "README.md").read_text()
+
+
+def test_every_registered_method_has_an_env_file_and_a_settings_block_in_the_schema():
+    schema = (REPO_ROOT / "workflow/schemas/config.schema.yaml").read_text()
+    for method in registry.METHODS.values():
+        assert (REPO_ROOT / "envs" / f"{method.env}.yaml").is_file(), method.name
+        assert method.family in registry.FAMILIES
+        assert f"{method.settings.split('.')[0]}:" in schema, method.settings
+
+
+def test_neural_methods_are_every_allowed_pretraining_and_encoder_pair():
+    pairs = {(m.pretrain, m.encoder) for m in registry.METHODS.values() if m.family == "neural"}
+    assert pairs == {(None, "mlp"), (None, "transformer"), ("kmeans", "mlp"), ("kmeans", "transformer"),
+                     ("masked_bins", "transformer")}
+
+
+def test_unknown_method_is_one_line_with_the_known_names():
+    with pytest.raises(registry.UnknownMethod, match=r"unknown method 'bert'\. Fix: use one of logreg, "):
+        registry.get("bert")
+
+
+def name_runs(text: str, quote: str = "[\"']") -> list[str]:
+    """Sequences of two or more (quoted) registered method names: a list, tuple or alternation of names."""
+    name = "|".join(re.escape(n) for n in sorted(registry.METHODS, key=len, reverse=True))
+    one = rf"(?<![\w+-]){quote}(?:{name}){quote}(?![\w+-])"
+    return re.findall(rf"{one}(?:\s*[,|]\s*{one})+", text)
+
+
+def test_no_list_of_method_names_outside_the_registry():
+    code = [REPO_ROOT / "Snakefile", *(REPO_ROOT / "workflow").rglob("*.smk"), *(REPO_ROOT / "scripts").rglob("*.py")]
+    found = {str(path.relative_to(REPO_ROOT)): runs for path in code
+             if path.name != "registry.py" and (runs := name_runs(path.read_text()))}
+    found.update({str(path.relative_to(REPO_ROOT)): runs for path in (REPO_ROOT / "workflow/schemas").glob("*.yaml")
+                  if (runs := name_runs(path.read_text(), quote="[\"']?"))})
+    assert found == {}
+    assert name_runs('X = ("logreg", "mlp")') and not name_runs('"logreg" if x else "mlp"')
+    assert name_runs("enum: [logreg, mlp]", quote="[\"']?") and not name_runs("kmeans+mlp, x", quote="[\"']?")
+
+
+def test_methods_table_rows_carry_the_configured_settings():
+    rows = registry.method_rows(["logreg", "celltypist"], {"baseline": {"logreg": {"C": 0.5}}, "peers": {}})
+    assert [row["name"] for row in rows] == ["logreg", "celltypist"]
+    assert json.loads(rows[0]["configured_settings"]) == {"C": 0.5}
+    assert json.loads(rows[1]["configured_settings"]) == {}
+    assert rows[1]["at_scale"].startswith("CellTypist's large-data mode")
+
+
+@pytest.fixture
+def saved_mlp(tmp_path: Path) -> tuple[CellTypeAnnotator, Path]:
+    genes = [f"g{i}" for i in range(6)]
+    model = CellTypeAnnotator(genes, ["B", "T"], "mlp", {"hidden_dims": [8], "out_dim": 4},
+                              config={"method": "mlp"})
+    model.save(tmp_path / "model")
+    return model, tmp_path / "model"
+
+
+def test_neural_model_loads_through_the_registry_with_identical_probabilities(saved_mlp):
+    model, folder = saved_mlp
+    X = np.random.default_rng(0).random((5, 6)).astype(np.float32)
+    loaded = annotator.load_annotator(folder)
+    assert isinstance(loaded, CellTypeAnnotator) and loaded.method == "mlp"
+    assert loaded.classes.tolist() == ["B", "T"] and loaded.genes == model.genes
+    np.testing.assert_allclose(loaded.predict_proba(X), model.predict_proba(X), rtol=1e-6)
+    np.testing.assert_allclose(loaded.rejection_score(X), 1 - model.predict_proba(X).max(axis=1), rtol=1e-6)
+    assert not list(folder.glob("*.pkl"))
+
+
+def edit_manifest(folder: Path, **changes) -> None:
+    path = folder / annotator.MANIFEST
+    manifest = json.loads(path.read_text())
+    for key, value in changes.items():
+        target = manifest
+        *parents, leaf = key.split("__")
+        for parent in parents:
+            target = target[parent]
+        target[leaf] = value
+    path.write_text(json.dumps(manifest))
+
+
+def test_model_saved_by_another_torch_minor_version_is_refused_in_one_line(saved_mlp):
+    _, folder = saved_mlp
+    edit_manifest(folder, versions__torch="1.13.1")
+    with pytest.raises(InputError, match=r"annotator\.json: versions\.torch: saved with torch 1\.13\.1") as error:
+        annotator.load_annotator(folder)
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize(("changes", "field"), [({"method": "bert"}, "method"), ({"format": 99}, "format")])
+def test_unknown_method_or_layout_is_refused(saved_mlp, changes, field):
+    _, folder = saved_mlp
+    edit_manifest(folder, **changes)
+    with pytest.raises(InputError, match=f": {field}: "):
+        annotator.load_annotator(folder)
+
+
+def test_missing_folder_and_not_run_models_are_refused(tmp_path):
+    with pytest.raises(InputError, match="no saved annotator here"):
+        annotator.load_annotator(tmp_path)
+    annotator.save_not_run(tmp_path / "m", "singler", "package singler is not installed")
+    with pytest.raises(InputError, match="singler could not be trained: package singler is not installed"):
+        annotator.load_annotator(tmp_path / "m")
