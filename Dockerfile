@@ -2,10 +2,10 @@
 # writes it; regenerate it whenever an env file changes (tests/test_deployment.py checks the two agree).
 FROM condaforge/miniforge3:latest
 LABEL io.github.snakemake.containerized="true"
-LABEL io.github.snakemake.conda_env_hash="fe0865ff3493a3c529e7b16ac1e35039a0e1e1ec175feabcb32585b99d70ce93"
+LABEL io.github.snakemake.conda_env_hash="d720c8b30f33e8fd53490377a2186a0c65746784d8e33bb04950cbf99697a32b"
 # Conda environment:
 #   source: envs/celltypist.yaml
-#   prefix: /conda-envs/1ab79fab0e2fbc62c59c427521816f7b
+#   prefix: /conda-envs/165e69a81f88c2caacde71708e775f43
 #   # CellTypist peer. CellTypist 1.7.1's default solver passes LogisticRegression(multi_class=...), which
 #   # scikit-learn 1.8 removed: scikit-learn stays below 1.8 here. CellTypist and the packages it adds come from PyPI.
 #   channels:
@@ -29,8 +29,9 @@ LABEL io.github.snakemake.conda_env_hash="fe0865ff3493a3c529e7b16ac1e35039a0e1e1
 #         - openpyxl==3.1.5
 #         - leidenalg==0.12.0
 #         - igraph==1.0.0
-RUN mkdir -p /conda-envs/1ab79fab0e2fbc62c59c427521816f7b
-COPY envs/celltypist.yaml /conda-envs/1ab79fab0e2fbc62c59c427521816f7b/environment.yaml
+#         - skops==0.16.0  # the saved model's classifier and scaler (no pickle)
+RUN mkdir -p /conda-envs/165e69a81f88c2caacde71708e775f43
+COPY envs/celltypist.yaml /conda-envs/165e69a81f88c2caacde71708e775f43/environment.yaml
 # Conda environment:
 #   source: envs/data.yaml
 #   prefix: /conda-envs/1220da59dc8758880739f5c1ac6aa194
@@ -92,7 +93,7 @@ RUN mkdir -p /conda-envs/14ef36bd051104cab391e532795ca9b8
 COPY envs/report.yaml /conda-envs/14ef36bd051104cab391e532795ca9b8/environment.yaml
 # Conda environment:
 #   source: envs/singler.yaml
-#   prefix: /conda-envs/0df33cf615c2b94ae376bd0c2dbb83c2
+#   prefix: /conda-envs/28340d3b41d6eee107d708e2de721b2d
 #   # SingleR peer: BiocPy's singler (Python bindings of the C++ singlepp) and its BiocPy dependencies, from PyPI wheels
 #   channels:
 #     - conda-forge
@@ -121,8 +122,9 @@ COPY envs/report.yaml /conda-envs/14ef36bd051104cab391e532795ca9b8/environment.y
 #         - compressed-lists==0.4.5
 #         - mattress==0.4.3
 #         - knncolle==0.3.1
-RUN mkdir -p /conda-envs/0df33cf615c2b94ae376bd0c2dbb83c2
-COPY envs/singler.yaml /conda-envs/0df33cf615c2b94ae376bd0c2dbb83c2/environment.yaml
+#         - skops==0.16.0  # imported by sclabel.peers (CellTypist's saved model), which this env runs too
+RUN mkdir -p /conda-envs/28340d3b41d6eee107d708e2de721b2d
+COPY envs/singler.yaml /conda-envs/28340d3b41d6eee107d708e2de721b2d/environment.yaml
 # Conda environment:
 #   source: envs/sklearn.yaml
 #   prefix: /conda-envs/6354d58bac3dd42cf22710ba9f06255c
@@ -166,11 +168,11 @@ COPY envs/sklearn.yaml /conda-envs/6354d58bac3dd42cf22710ba9f06255c/environment.
 RUN mkdir -p /conda-envs/0cbf016c4b149d3b4ee34a5ef85c6279
 COPY envs/torch.yaml /conda-envs/0cbf016c4b149d3b4ee34a5ef85c6279/environment.yaml
 
-RUN conda env create --prefix /conda-envs/1ab79fab0e2fbc62c59c427521816f7b --file /conda-envs/1ab79fab0e2fbc62c59c427521816f7b/environment.yaml && \
+RUN conda env create --prefix /conda-envs/165e69a81f88c2caacde71708e775f43 --file /conda-envs/165e69a81f88c2caacde71708e775f43/environment.yaml && \
     conda env create --prefix /conda-envs/1220da59dc8758880739f5c1ac6aa194 --file /conda-envs/1220da59dc8758880739f5c1ac6aa194/environment.yaml && \
     conda env create --prefix /conda-envs/666a003a8289c2c19125f05230b1e03f --file /conda-envs/666a003a8289c2c19125f05230b1e03f/environment.yaml && \
     conda env create --prefix /conda-envs/14ef36bd051104cab391e532795ca9b8 --file /conda-envs/14ef36bd051104cab391e532795ca9b8/environment.yaml && \
-    conda env create --prefix /conda-envs/0df33cf615c2b94ae376bd0c2dbb83c2 --file /conda-envs/0df33cf615c2b94ae376bd0c2dbb83c2/environment.yaml && \
+    conda env create --prefix /conda-envs/28340d3b41d6eee107d708e2de721b2d --file /conda-envs/28340d3b41d6eee107d708e2de721b2d/environment.yaml && \
     conda env create --prefix /conda-envs/6354d58bac3dd42cf22710ba9f06255c --file /conda-envs/6354d58bac3dd42cf22710ba9f06255c/environment.yaml && \
     conda env create --prefix /conda-envs/0cbf016c4b149d3b4ee34a5ef85c6279 --file /conda-envs/0cbf016c4b149d3b4ee34a5ef85c6279/environment.yaml && \
     conda clean --all -y

@@ -1,5 +1,10 @@
 # sclabel: train, benchmark and explain cell-type annotators for single-cell RNA-seq.
+import sys
+
 from snakemake.utils import min_version, validate
+
+sys.path.insert(0, f"{workflow.basedir}/scripts")  # the method registry (standard library only, no rule env)
+from sclabel import registry
 
 min_version("9.0")
 

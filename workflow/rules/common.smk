@@ -144,3 +144,8 @@ def gpu_resource(stage):
 def torch_device(stage):
     """Device a torch stage runs on: cuda when the config asks for a GPU, else its device setting."""
     return "cuda" if config[stage]["gpu"] else config[stage]["device"]
+
+
+def method_env(wildcards):
+    """The conda env file of a registered method (sclabel.registry names it), for a rule run by several methods."""
+    return f"../../envs/{registry.get(wildcards.method).env}.yaml"
