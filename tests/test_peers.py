@@ -379,14 +379,22 @@ def test_a_celltypist_model_saved_by_another_scikit_learn_is_refused(fitted, tmp
 
 
 @pytest.mark.shared_data
-def test_a_skops_file_holding_another_type_is_refused(fitted, tmp_path):
+@pytest.mark.parametrize(("content", "reason"), [
+    ("scaler", r"holds a sklearn\.preprocessing\._data\.StandardScaler, expected sklearn\.linear_model\._logistic\."
+               r"LogisticRegression or"),
+    ("function", r"types: Untrusted types found in the file: \['posix\.getcwd'\]\. Fix"),
+])
+def test_a_skops_file_holding_another_type_is_refused(fitted, tmp_path, content, reason):
+    import os
+
     import skops.io
-    from sklearn.preprocessing import StandardScaler
+    from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
     fitted("celltypist").save(tmp_path / "model")
-    skops.io.dump(StandardScaler(), tmp_path / "model" / "classifier.skops")  # a trusted type, but not a classifier
-    with pytest.raises(InputError, match="holds a sklearn.preprocessing._data.StandardScaler, expected "
-                                         "sklearn.linear_model._logistic.LogisticRegression or"):
+    # a trusted type that is not a classifier, or a function skops does not trust
+    other = StandardScaler() if content == "scaler" else FunctionTransformer(func=os.getcwd)
+    skops.io.dump(other, tmp_path / "model" / "classifier.skops")
+    with pytest.raises(InputError, match=reason):
         load_annotator(tmp_path / "model")
 
 

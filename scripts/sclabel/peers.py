@@ -256,7 +256,7 @@ def load_skops(path: Path, allowed: Sequence[type]) -> Any:
     try:
         loaded = skops.io.load(path, trusted=names)
     except skops.io.exceptions.UntrustedTypesFoundException as err:
-        raise InputError(path, "types", one_line(err), "retrain the model with this workflow") from None
+        raise InputError(path, "types", one_line(err).rstrip("."), "retrain the model with this workflow") from None
     if type(loaded) not in allowed:
         raise InputError(path, "type", f"holds a {qualified_name(type(loaded))}, expected {' or '.join(names)}",
                          "retrain the model with this workflow")
@@ -266,7 +266,7 @@ def load_skops(path: Path, allowed: Sequence[type]) -> Any:
 def pooled(train: LabelledCells, validation: LabelledCells | None) -> LabelledCells:
     """Training and validation cells as one training set (peers train on both); a store's rows in store order."""
     if validation is None or not len(validation.labels):
-        return train
+        return LabelledCells(train.X, np.asarray(train.labels).astype(str))
     labels = np.concatenate([train.labels, validation.labels]).astype(str)
     if isinstance(train.X, RowView) and isinstance(validation.X, RowView) and train.X.store is validation.X.store:
         rows = np.concatenate([train.X.rows, validation.X.rows])
