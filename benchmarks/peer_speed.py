@@ -23,7 +23,9 @@ import yaml
 from snakemake.utils import validate
 
 from sclabel import pipeline, training
-from sclabel.peers import import_peer, peer_stage
+from sclabel.annotator import RunContext
+from sclabel.method_stage import method_stage
+from sclabel.peers import import_peer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,9 +65,10 @@ def time_split(workdir: Path, config: dict, split: str, methods: list[str], thre
         row["logreg"] = seconds(lambda: pipeline.baseline_stage(
             "logreg", config["baseline"].get("logreg", {}), config["baseline"]["seed"], h5ad, splits_file, split,
             str(out / "logreg.tsv")))
-        row["celltypist"] = seconds(lambda: peer_stage(
-            "celltypist", config["peers"]["celltypist"], config["peers"]["seed"], threads,
-            config["qc"]["target_sum"], h5ad, splits_file, split, str(out / "celltypist.tsv")))
+        context = RunContext(threads=threads, target_sum=config["qc"]["target_sum"])
+        row["celltypist"] = seconds(lambda: method_stage(
+            "celltypist", config["peers"]["celltypist"], config["peers"]["seed"], h5ad, splits_file, split,
+            str(out / "celltypist"), str(out / "celltypist.tsv"), context))
         for method in methods:
             row[method] = seconds(neural_run(workdir, config, method, split, out / method.replace("+", "_")))
             row[f"{method} pretrain"] = pretrain_seconds(workdir, method, split)

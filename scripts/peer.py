@@ -1,12 +1,14 @@
-"""Snakemake step: train one peer annotator (CellTypist, SingleR) on one split and write its test predictions."""
+"""Snakemake step: train one peer annotator (CellTypist, SingleR) on one split; save it and predict the test cells."""
 
-from sclabel.peers import peer_stage
+from sclabel.annotator import RunContext
+from sclabel.method_stage import method_stage
 from sclabel.runner import run_step
 
 
 def main(sm) -> None:
-    peer_stage(sm.params.peer, sm.params.settings, sm.params.seed, sm.threads, sm.params.target_sum, sm.input.h5ad,
-               sm.input.splits, sm.wildcards.split, sm.output[0], sm.params.chunk_cells)
+    context = RunContext(threads=sm.threads, chunk_cells=sm.params.chunk_cells, target_sum=sm.params.target_sum)
+    method_stage(sm.wildcards.method, sm.params.settings, sm.params.seed, sm.input.h5ad, sm.input.splits,
+                 sm.wildcards.get("split", "final"), sm.output.model, sm.output.get("predictions"), context)
 
 
 run_step(snakemake, main)  # noqa: F821 (injected by Snakemake)

@@ -74,4 +74,4 @@ def test_dockerfile_holds_every_env_file_at_its_current_content():
     for env, prefix in recorded.items():
         # Snakemake names a containerized env by the md5 of its file: a changed env needs a new Dockerfile
         assert hashlib.md5((REPO_ROOT / env).read_bytes()).hexdigest() == prefix, (
-            f"{env} changed: regenerate with `snakemake --containerize > Dockerfile`")
+            f"{env} changed: regenerate with `python .ci/dockerfile.py > Dockerfile`")

@@ -10,25 +10,41 @@ from pathlib import Path
 import pytest
 import yaml
 
+from sclabel import registry
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO_ROOT / "scripts"
 # import name -> conda/pip package name where they differ
 PACKAGE_OF = {"sklearn": "scikit-learn", "matplotlib": "matplotlib-base", "yaml": "pyyaml"}
-# packages a rule's script imports by name at run time: sclabel.peers.import_peer loads each peer's package in its
-# own rule only, so that envs/celltypist.yaml needs no singler and the other way round
-RUNTIME_IMPORTS = {"peer_celltypist": {"celltypist"}, "peer_singler": {"singler", "scranpy"}}
+# packages a method imports by name at run time: sclabel.peers.import_peer loads each peer's package in its own
+# method's env only, so that envs/celltypist.yaml needs no singler and the other way round
+RUNTIME_IMPORTS = {"celltypist": {"celltypist"}, "singler": {"singler", "scranpy"}}
 RULE = re.compile(r"^rule (\w+):(.*?)(?=^rule |\Z)", re.MULTILINE | re.DOTALL)
+METHOD_ENV = "method_env"  # workflow/rules/common.smk: a rule's env chosen per method from the registry
 
 
 def rule_envs_and_scripts() -> list[tuple[str, str, str]]:
-    """(rule, env file, script file) for every rule that runs a script."""
+    """(rule, env file, script file) for every rule that runs a script; ``rule[method]`` for a per-method env."""
     found = []
     for path in sorted((REPO_ROOT / "workflow/rules").glob("*.smk")):
         for name, body in RULE.findall(path.read_text()):
-            env, script = re.search(r'conda:\s*"([^"]+)"', body), re.search(r'script:\s*"([^"]+)"', body)
-            if env and script:
+            env, script = re.search(r'conda:\s*"?([^"\s]+)', body), re.search(r'script:\s*"([^"]+)"', body)
+            if not (env and script):
+                continue
+            if env.group(1) == METHOD_ENV:
+                found += [(f"{name}[{method}]", f"{registry.get(method).env}.yaml", Path(script.group(1)).name)
+                          for method in rule_methods(body)]
+            else:
                 found.append((name, Path(env.group(1)).name, Path(script.group(1)).name))
     return found
+
+
+def rule_methods(body: str) -> list[str]:
+    """The registered methods a rule's ``method`` wildcard constraint admits."""
+    constraint = re.search(r"method=one_of\((\w+)\)", body).group(1)
+    common = (REPO_ROOT / "workflow/rules/common.smk").read_text()
+    names = ast.literal_eval(re.search(rf"^{constraint} = (\[.*\])$", common, re.MULTILINE).group(1))
+    return [name for name in names if name in registry.METHODS]
 
 
 def module_file(module: str) -> Path | None:
@@ -105,12 +121,16 @@ def test_every_env_pins_its_versions():
 
 def test_every_peer_rule_names_its_runtime_import():
     peer_rules = {rule for rule, _, script in rule_envs_and_scripts() if script == "peer.py"}
-    assert peer_rules == set(RUNTIME_IMPORTS)
+    assert peer_rules == {f"{rule}[{method}]" for rule in ("peer", "peer_final") for method in RUNTIME_IMPORTS}
+    assert set(RUNTIME_IMPORTS) == set(registry.names("peer"))
 
 
 @pytest.mark.parametrize(("rule", "env", "script"), rule_envs_and_scripts())
 def test_env_provides_the_scripts_imports(rule, env, script):
-    imports = third_party_imports(SCRIPTS / script) | RUNTIME_IMPORTS.get(rule, set())
+    method = rule.partition("[")[2].rstrip("]")
+    imports = third_party_imports(SCRIPTS / script) | RUNTIME_IMPORTS.get(method, set())
+    if method:  # the registry imports the method's Annotator module by name
+        imports |= third_party_imports(module_file(registry.get(method).annotator.partition(":")[0]))
     needed = {PACKAGE_OF.get(name, name) for name in imports}
     missing = needed - env_packages(env)
     assert not missing, f"rule {rule}: envs/{env} lacks {sorted(missing)} imported by scripts/{script}"

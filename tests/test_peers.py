@@ -1,9 +1,11 @@
-"""Peer annotators (CellTypist, SingleR): agreement with the packages, the prediction contract, the not-run record."""
+"""Peer annotators (CellTypist, SingleR): agreement with the packages, the prediction contract, saving without pickle,
+the not-run record."""
 
 from __future__ import annotations
 
 import copy
 import importlib.util
+import json
 import re
 
 import anndata as ad
@@ -15,7 +17,9 @@ import yaml
 from sklearn.metrics import cohen_kappa_score
 
 from sclabel import baselines, metrics, peers, pipeline, store
+from sclabel.annotator import MANIFEST, LabelledCells, RunContext, load_annotator
 from sclabel.errors import InputError
+from sclabel.method_stage import method_stage
 from workflow_helpers import REPO_ROOT, absolute_paths, load_config, planned_jobs, snakemake, write_config
 
 HOLDOUT = "3pv1"  # Symphony's 10x 3' v1 cells, predicted from the 3' v2 and 5' cells
@@ -37,19 +41,33 @@ def symphony(shared_data):
             "y_test": labels[held_out], "genes": adata.var_names}
 
 
+ANNOTATOR = {"celltypist": peers.CelltypistAnnotator, "singler": peers.SinglerAnnotator}
+
+
+def fit_peer(peer, symphony, settings=None):
+    """The peer's annotator fitted on Symphony's training protocols."""
+    annotator = ANNOTATOR[peer](peer, settings, 0, symphony["genes"])
+    return annotator.fit(LabelledCells(symphony["X_train"], symphony["y_train"]))
+
+
 @pytest.fixture(scope="module")
-def predicted(symphony):
-    """peer -> (probabilities, classes) on the Symphony split, each peer run once (skipped when not installed)."""
+def fitted(symphony):
+    """peer -> its annotator fitted on the Symphony split, each peer fitted once (skipped when not installed)."""
     cache = {}
 
     def run(peer):
         need(peer)
         if peer not in cache:
-            cache[peer] = peers.predict_peer(peer, {}, 0, symphony["X_train"], symphony["y_train"],
-                                             symphony["X_test"], symphony["genes"])
+            cache[peer] = fit_peer(peer, symphony)
         return cache[peer]
 
     return run
+
+
+@pytest.fixture(scope="module")
+def predicted(symphony, fitted):
+    """peer -> (probabilities of the held-out protocol's cells, classes)."""
+    return lambda peer: (fitted(peer).predict_proba(symphony["X_test"]), fitted(peer).classes)
 
 
 @pytest.mark.shared_data
@@ -140,7 +158,7 @@ def test_renormalisation_gives_log1p_cp10k_over_the_genes_present():
 def test_values_that_are_not_natural_log_cp10k_make_celltypist_not_runnable(values, reason):
     X = sp.csr_matrix(np.array([[values, 1.0], [2.0, 0.0]]))
     with pytest.raises(peers.PeerNotRunnable, match=reason):
-        peers.celltypist_predict(X, ["a", "b"], X, ["g1", "g2"], 0)
+        peers.CelltypistAnnotator("celltypist", {}, 0, ["g1", "g2"]).fit(LabelledCells(X, np.array(["a", "b"])))
 
 
 def test_a_missing_package_makes_the_peer_not_runnable():
@@ -190,9 +208,13 @@ def test_not_runnable_peer_writes_the_record_and_the_summary_shows_it(shared_dat
         files.append(tmp_path / f"predictions/logreg/{split}.tsv")
         pipeline.baseline_stage("logreg", {}, 0, str(combined), str(splits), split, str(files[-1]))
         files.append(tmp_path / f"predictions/celltypist/{split}.tsv")
-        peers.peer_stage("celltypist", {}, 0, 1, 10_000, str(combined), str(splits), split, str(files[-1]))
+        method_stage("celltypist", {}, 0, str(combined), str(splits), split, str(tmp_path / f"models/{split}"),
+                     str(files[-1]))
     record = pd.read_csv(files[-1], sep="\t")
-    assert list(record.columns) == [metrics.NOT_RUN] and "reaches 18.53 > log1p(10000)" in record.iloc[0, 0]
+    assert list(record.columns) == [metrics.NOT_RUN]
+    assert re.search(r"reaches 18\.\d\d > log1p\(10000\)", record.iloc[0, 0])  # the largest training value
+    with pytest.raises(InputError, match="celltypist could not be trained: CellTypist needs natural-log1p"):
+        load_annotator(tmp_path / "models/cv2")
     out = {name: tmp_path / f"{name}.tsv" for name in ("metrics", "summary", "per_class", "confusion")}
     pipeline.evaluate_stage([str(f) for f in files], str(class_counts), {"unassigned_threshold": 0.0,
                                                                        "rare_fraction": 0.05}, *map(str, out.values()))
@@ -201,7 +223,8 @@ def test_not_runnable_peer_writes_the_record_and_the_summary_shows_it(shared_dat
     assert summary.loc[("logreg", "cohen_kappa"), "mean"] > 0.8
     celltypist = summary.loc["celltypist"]
     assert set(celltypist.index) == set(summary.loc["logreg"].index)  # every metric row says why it is missing
-    assert celltypist["mean_sd"].str.startswith("not run: CellTypist needs natural-log1p CP10k expression").all()
+    reason = "CellTypist needs natural-log1p CP10k expression"  # each split's reason names its own largest value
+    assert celltypist["mean_sd"].str.fullmatch(f"not run: cv1: {reason}.*; cv2: {reason}.*").all()
     assert (celltypist["n_splits"] == 0).all()
 
 
@@ -235,6 +258,8 @@ def test_workflow_scores_the_peers_on_the_same_split(peer_run):
         assert summary.loc[(peer, "cohen_kappa"), "mean"] > 0.7
         assert summary.loc[(peer, "macro_auroc"), "mean"] > 0.85
         assert (workdir / f"results/benchmarks/peers/{peer}/{split}.tsv").is_file()
+        saved = load_annotator(workdir / f"results/models/{peer}/{split}")
+        assert [f"proba:{c}" for c in saved.classes] == metrics.probability_columns(tables[peer])
         assert (workdir / f"results/report/confusion/{peer}.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -245,7 +270,7 @@ def test_workflow_reports_a_peer_that_cannot_run(peer_run, tmp_path):
     config = copy.deepcopy(config)
     config["peers"] = {"celltypist": {"renormalise": False}}  # Symphony's cells sum to < 10,000: CellTypist refuses
     configfile = write_config(tmp_path, config)
-    assert planned_jobs(workdir, configfile) == {"peer_celltypist": 1, "evaluate": 1, "report_figures": 1, "all": 1}
+    assert planned_jobs(workdir, configfile) == {"peer": 1, "evaluate": 1, "report_figures": 1, "all": 1}
     snakemake(workdir, configfile)
     summary = pd.read_csv(workdir / "results/benchmark/summary.tsv", sep="\t").set_index(["method", "metric"])
     assert summary.loc[("celltypist", "cohen_kappa"), "mean_sd"] == (
@@ -262,8 +287,8 @@ def test_celltypist_large_data_mode_trains_on_a_bounded_sample(symphony, caplog)
     need("celltypist")
     caplog.set_level("INFO", logger="sclabel")
     settings = {"large_data_cells": 0, "max_nnz": 60_000, "batch_size": 100, "batch_number": 5}
-    probabilities, classes = peers.predict_peer("celltypist", settings, 0, symphony["X_train"], symphony["y_train"],
-                                                symphony["X_test"], symphony["genes"])
+    annotator = fit_peer("celltypist", symphony, settings)
+    probabilities, classes = annotator.predict_proba(symphony["X_test"]), annotator.classes
     n_train = len(symphony["y_train"])
     used = int(re.search(r"with_mean False\) on (\d+) of (\d+) training cells", caplog.text).group(1))
     assert "large-data mode (use_SGD True, mini_batch True" in caplog.text
@@ -281,8 +306,8 @@ def test_singler_aggregated_reference_annotates_well(symphony, predicted, power,
         need("scranpy")  # SingleR clusters each label with scranpy
     caplog.set_level("INFO", logger="sclabel")
     settings = {"aggregate_cells": 0, "aggregate_power": power}
-    probabilities, classes = peers.predict_peer("singler", settings, 0, symphony["X_train"], symphony["y_train"],
-                                                symphony["X_test"], symphony["genes"])
+    annotator = fit_peer("singler", symphony, settings)
+    probabilities, classes = annotator.predict_proba(symphony["X_test"]), annotator.classes
     assert f"aggregated (power {power})" in caplog.text
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0)
     assert cohen_kappa_score(symphony["y_test"], classes[probabilities.argmax(axis=1)]) > 0.7
@@ -299,20 +324,108 @@ def test_aggregation_rank_keeps_every_clustered_label_on_pcs():
 
 @pytest.mark.shared_data
 @pytest.mark.parametrize("peer", peers.PEERS)
-def test_peer_stage_reads_a_cell_store_by_rows_and_predicts_in_chunks(shared_data, tmp_path, peer):
+def test_method_stage_reads_a_cell_store_by_rows_and_predicts_in_chunks(shared_data, tmp_path, peer):
     need(peer)
     adata = ad.read_h5ad(shared_data / "pbmc_symphony.h5ad")
     combined, splits = tmp_path / "combined.h5ad", tmp_path / "splits.tsv"
     store.write_store(adata, combined, chunk_cells=250)
     pipeline.split_stage(str(combined), {"scheme": "cv", "n_folds": 3, "val_fraction": 0.1, "seed": 0}, str(splits),
                          str(tmp_path / "class_counts.tsv"))
-    peers.peer_stage(peer, {}, 0, 1, 10_000, str(combined), str(splits), "cv2", str(tmp_path / "p.tsv"), chunk_cells=70)
+    method_stage(peer, {}, 0, str(combined), str(splits), "cv2", str(tmp_path / "model"), str(tmp_path / "p.tsv"),
+                 RunContext(chunk_cells=70))
     table = pd.read_csv(tmp_path / "p.tsv", sep="\t", dtype={"cell_id": str})
     roles = pipeline.read_split(str(splits), "cv2")
     fit, test = roles.index[roles != "test"], roles.index[roles == "test"]
     rows = pd.Series(np.arange(adata.n_obs), index=adata.obs_names)
     labels = adata.obs["cell_type"].astype(str)
-    probabilities, classes = peers.predict_peer(peer, {}, 0, adata.X[rows[fit]], labels[fit].to_numpy(),
-                                                adata.X[rows[test]], adata.var_names)
+    annotator = ANNOTATOR[peer](peer, {}, 0, adata.var_names).fit(LabelledCells(adata.X[rows[fit]],
+                                                                                 labels[fit].to_numpy()))
+    probabilities, classes = annotator.predict_proba(adata.X[rows[test]]), annotator.classes
     assert table["cell_id"].tolist() == list(test)
     np.testing.assert_allclose(table[[f"proba:{c}" for c in classes]].to_numpy(), probabilities, rtol=1e-9)
+    method_stage(peer, {}, 0, str(combined), str(splits), "final", str(tmp_path / "final"))  # every cell, no test
+    assert load_annotator(tmp_path / "final").predict_proba(adata.X[:5]).shape == (5, len(classes))
+
+
+# ---- saved models: no pickle, reloaded to predict exactly as fitted, refused when unreadable ----
+
+@pytest.mark.shared_data
+@pytest.mark.parametrize(("peer", "settings"), [("celltypist", {}), ("singler", {}),
+                                                ("singler", {"aggregate_cells": 0, "aggregate_power": 0.5})])
+def test_a_saved_peer_reloads_to_identical_probabilities(symphony, fitted, tmp_path, peer, settings):
+    need(peer)
+    if settings.get("aggregate_power"):
+        need("scranpy")
+    annotator = fit_peer(peer, symphony, settings) if settings else fitted(peer)
+    annotator.save(tmp_path / "model")
+    files = {path.name for path in (tmp_path / "model").iterdir()}
+    assert files == {MANIFEST, "genes.txt", *({"classifier.skops", "scaler.skops"} if peer == "celltypist"
+                                               else {"reference.npz"})}
+    loaded = load_annotator(tmp_path / "model")
+    assert type(loaded) is type(annotator) and list(loaded.classes) == list(annotator.classes)
+    np.testing.assert_array_equal(loaded.predict_proba(symphony["X_test"]), annotator.predict_proba(symphony["X_test"]))
+
+
+@pytest.mark.shared_data
+def test_a_celltypist_model_saved_by_another_scikit_learn_is_refused(fitted, tmp_path):
+    fitted("celltypist").save(tmp_path / "model")
+    manifest_file = tmp_path / "model" / MANIFEST
+    manifest = json.loads(manifest_file.read_text())
+    assert manifest["version_bound"] == ["scikit-learn", "celltypist"]
+    manifest["versions"]["scikit-learn"] = "0.99.0"
+    manifest_file.write_text(json.dumps(manifest))
+    with pytest.raises(InputError, match=r"versions\.scikit-learn.*saved with scikit-learn 0\.99\.0"):
+        load_annotator(tmp_path / "model")
+
+
+@pytest.mark.shared_data
+@pytest.mark.parametrize(("content", "reason"), [
+    ("scaler", r"holds a sklearn\.preprocessing\._data\.StandardScaler, expected sklearn\.linear_model\._logistic\."
+               r"LogisticRegression or"),
+    ("function", r"types: Untrusted types found in the file: \['posix\.getcwd'\]\. Fix"),
+])
+def test_a_skops_file_holding_another_type_is_refused(fitted, tmp_path, content, reason):
+    import os
+
+    import skops.io
+    from sklearn.preprocessing import FunctionTransformer, StandardScaler
+
+    fitted("celltypist").save(tmp_path / "model")
+    # a trusted type that is not a classifier, or a function skops does not trust
+    other = StandardScaler() if content == "scaler" else FunctionTransformer(func=os.getcwd)
+    skops.io.dump(other, tmp_path / "model" / "classifier.skops")
+    with pytest.raises(InputError, match=reason):
+        load_annotator(tmp_path / "model")
+
+
+@pytest.mark.shared_data
+def test_celltypist_top_genes_are_its_own_markers(fitted, tmp_path):
+    annotator = fitted("celltypist")
+    annotator.save(tmp_path / "model")
+    table = load_annotator(tmp_path / "model").top_genes()
+    assert list(table.columns) == ["cell_type", "gene", "score", "rank"]
+    assert set(table["cell_type"]) == set(annotator.classes)
+    for cell_type in annotator.classes:
+        top = table[(table["cell_type"] == cell_type) & (table["rank"] <= 10)]["gene"].tolist()
+        assert top == list(annotator.model.extract_top_markers(cell_type, 10))
+    assert {"MS4A1", "CD79A"} <= set(table[(table["cell_type"] == "B") & (table["rank"] <= 5)]["gene"])
+
+
+@pytest.mark.shared_data
+def test_test_cells_on_another_scale_leave_the_model_and_a_not_run_record(shared_data, tmp_path):
+    need("celltypist")
+    adata = ad.read_h5ad(shared_data / "pbmc_symphony.h5ad")
+    held_out = (adata.obs["protocol"] == HOLDOUT).to_numpy()
+    adata.X = sp.csr_matrix(adata.X)
+    adata.X[held_out] = adata.X[held_out] * 3.0  # log1p values tripled: far above log1p(10,000) = 9.21
+    combined, splits = tmp_path / "combined.h5ad", tmp_path / "splits.tsv"
+    adata.write_h5ad(combined)
+    settings = {"scheme": "lodo", "lodo_key": "protocol", "holdout": [HOLDOUT], "val_fraction": 0.1, "seed": 0,
+                "n_folds": 1}
+    pipeline.split_stage(str(combined), settings, str(splits), str(tmp_path / "class_counts.tsv"))
+    split = f"lodo_{HOLDOUT}"
+    method_stage("celltypist", {}, 0, str(combined), str(splits), split, str(tmp_path / "model"),
+                 str(tmp_path / "p.tsv"))
+    record = pd.read_csv(tmp_path / "p.tsv", sep="\t")
+    assert list(record.columns) == [metrics.NOT_RUN] and "CellTypist needs natural-log1p" in record.iloc[0, 0]
+    assert set(load_annotator(tmp_path / "model").classes) == set(adata.obs["cell_type"][~held_out])

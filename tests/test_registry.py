@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
+import anndata as ad
 import numpy as np
+import pandas as pd
 import pytest
 
 from sclabel import annotator, registry
 from sclabel.errors import InputError
 from sclabel.model import CellTypeAnnotator
+from workflow_helpers import load_config, write_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -119,3 +126,77 @@ def test_missing_folder_and_not_run_models_are_refused(tmp_path):
     annotator.save_not_run(tmp_path / "m", "singler", "package singler is not installed")
     with pytest.raises(InputError, match="singler could not be trained: package singler is not installed"):
         annotator.load_annotator(tmp_path / "m")
+
+
+TOY_MODULE = '''"""A toy method: nearest class centroid, probabilities from a softmax of negative distances."""
+
+import numpy as np
+
+from sclabel.annotator import Annotator
+from sclabel.store import in_memory
+
+
+def dense(X):
+    X = in_memory(X)
+    return np.asarray(X.todense() if hasattr(X, "todense") else X, dtype=float)
+
+
+class CentroidAnnotator(Annotator):
+    def fit(self, train, validation=None):
+        X, y = dense(train.X), np.asarray(train.labels).astype(str)
+        self.classes = np.unique(y)
+        self.centroids = np.stack([X[y == label].mean(axis=0) for label in self.classes])
+        return self
+
+    def predict_proba(self, X):
+        distance = np.linalg.norm(dense(X)[:, None, :] - self.centroids[None], axis=2)
+        weights = np.exp(-(distance - distance.min(axis=1, keepdims=True)))
+        return weights / weights.sum(axis=1, keepdims=True)
+
+    def save_arrays(self, folder):
+        np.savez(folder / "centroids.npz", centroids=self.centroids)
+        return {}
+
+    def load_arrays(self, folder, meta):
+        self.centroids = np.load(folder / "centroids.npz", allow_pickle=False)["centroids"]
+'''
+TOY_ENTRY = '''
+METHODS["toy_centroid"] = Method("toy_centroid", "baseline", "sclabel.toy_centroid:CentroidAnnotator", "sklearn",
+                                 "baseline.toy_centroid", "nearest class centroid (a toy)")
+'''
+
+
+def test_a_method_added_through_the_registry_alone_runs_end_to_end(tmp_path):
+    """One module, one registry entry, no other file touched: the workflow benchmarks, saves and annotates with it."""
+    repo = tmp_path / "repo"
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", ".snakemake")
+    for part in ("workflow", "scripts", "envs", "config"):
+        shutil.copytree(REPO_ROOT / part, repo / part, ignore=ignore)
+    shutil.copy(REPO_ROOT / "Snakefile", repo / "Snakefile")
+    (repo / "scripts/sclabel/toy_centroid.py").write_text(TOY_MODULE)
+    registry_file = repo / "scripts/sclabel/registry.py"
+    text = registry_file.read_text()
+    main = text.index('\nif __name__ == "__main__":')
+    registry_file.write_text(text[:main] + TOY_ENTRY + text[main:])
+    config = load_config()
+    config["methods"] = ["toy_centroid", "majority"]
+    config["split"]["n_folds"] = 2
+    config["interpret"] = {"enabled": False}
+    config["annotate"] = {"method": "toy_centroid",
+                          "queries": {"query": {"source": "builtin:pbmc68k_reduced", "values": "log1p"}}}
+    workdir = tmp_path / "run"
+    configfile = write_config(workdir, config)
+    command = [sys.executable, "-m", "snakemake", "-s", str(repo / "Snakefile"), "--directory", str(workdir),
+               "--configfile", str(configfile), "--cores", "2"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900,
+                            env={**os.environ, "PYTHONPATH": str(repo / "scripts")})
+    assert result.returncode == 0, result.stderr[-4000:]
+    summary = pd.read_csv(workdir / "results/benchmark/summary.tsv", sep="\t")
+    kappa = summary[summary["metric"] == "cohen_kappa"].set_index("method")["mean"]
+    assert kappa["toy_centroid"] > kappa["majority"] + 0.3  # centroids beat the majority control on real PBMCs
+    methods = pd.read_csv(workdir / "results/benchmark/methods.tsv", sep="\t").set_index("name")
+    assert methods.loc["toy_centroid", "description"] == "nearest class centroid (a toy)"
+    assert (workdir / "results/models/toy_centroid/cv1/centroids.npz").is_file()
+    annotated = ad.read_h5ad(workdir / "results/annotate/query.h5ad")
+    assert annotated.uns["sclabel_annotation"]["method"] == "toy_centroid"
+    assert annotated.obs["predicted_cell_type"].notna().all() and "X_sclabel" not in annotated.obsm

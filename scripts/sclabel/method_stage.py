@@ -86,6 +86,11 @@ def method_stage(method: str, settings: Mapping[str, Any] | None, seed: int, inp
         annotator.save(output_model)
         if output_predictions:
             test_ids = roles.index[roles == splits.TEST]
-            accuracy = predict_test(annotator, cells, labels, test_ids, output_predictions, context.chunk_cells)
+            try:
+                accuracy = predict_test(annotator, cells, labels, test_ids, output_predictions, context.chunk_cells)
+            except MethodNotRunnable as reason:  # test cells the method refuses (e.g. another expression scale)
+                log.warning("%s cannot predict the test cells of %s: %s", method, split, reason)
+                io.write_tsv(not_run_record(str(reason)), output_predictions)
+                return
             log.info("%s on %s: %d training cells, %d test cells, accuracy %.3f", method, split,
                      int(roles.isin([splits.TRAIN, splits.VAL]).sum()), len(test_ids), accuracy)

@@ -1,20 +1,21 @@
 """Published annotators run as peers of the workflow's methods: CellTypist and SingleR (BiocPy ``singler``).
 
-A peer is trained on the split's train + validation cells of the workflow's preprocessed matrix and predicts its
-test cells, exactly like a baseline, and its predictions follow the same contract (``pipeline.predictions_table``).
-``celltypist_fit`` and ``singler_fit`` take the training cells x genes matrix (in memory or a store's ``RowView``),
-the training labels, the gene names, a seed and the peer's settings (defaults in ``DEFAULTS``; unknown keys refused)
-and return (a function giving test cells' class probabilities, classes) with the classes sorted, as
-``baselines.fit_predict_baseline`` does; ``celltypist_predict`` / ``singler_predict`` do both steps in memory.
+Each peer is an ``Annotator`` (``CelltypistAnnotator``, ``SinglerAnnotator``) run by ``method_stage`` like every
+method: fitted on the split's train + validation cells of the workflow's preprocessed matrix (in memory or a store's
+``RowView``), saved under ``results/models/{method}/{split}`` and predicting the test cells; its settings are the
+peer's defaults (``DEFAULTS``) updated by the config, unknown keys refused. Nothing is pickled: CellTypist's classifier
+and scaler are skops files (loaded only as those scikit-learn types) rebuilt into a ``celltypist.models.Model``;
+SingleR's reference is ``reference.npz`` (profiles over the marker genes, their labels, the pairwise markers)
+rebuilt with ``train_single``.
 
-Each peer's package is imported only inside its own function (``import_peer``), so each Snakemake rule needs only
-its own peer's package in its conda env (``envs/celltypist.yaml``, ``envs/singler.yaml``).
+Each peer's package is imported only inside its own functions (``import_peer``), so each rule env needs only its own
+peer's package (``envs/celltypist.yaml``, ``envs/singler.yaml``).
 
-A peer that cannot run on the data raises ``PeerNotRunnable``; ``peer_stage`` then writes a one-column
-``not_run`` record instead of predictions, and the evaluation shows the method as ``not run: <reason>`` in
-``summary.tsv`` rather than failing the sweep or leaving the method out. Reasons: the package is not installed in
-the running environment; CellTypist's expression check fails; CellTypist's full-batch logistic regression
-(``use_SGD: false``) needs scikit-learn < 1.8.
+A peer that cannot run on the data raises ``PeerNotRunnable`` (a ``MethodNotRunnable``); ``method_stage`` then writes
+a ``not_run`` record instead of the model and predictions, and the evaluation shows the method as
+``not run: <reason>`` in ``summary.tsv`` rather than failing the sweep or leaving the method out. Reasons: the package
+is not installed in the running environment; CellTypist's expression check fails; CellTypist's full-batch logistic
+regression (``use_SGD: false``) needs scikit-learn < 1.8.
 
 CellTypist input. CellTypist expects natural-log1p expression normalised to 10,000 counts per cell over all genes,
 and refuses training data whose first cell does not sum to 10,000 +/- 1 after ``expm1``. The workflow's matrix is
@@ -45,8 +46,9 @@ classes in proportion, at least 10 cells of each) holding about ``max_nnz`` valu
 predicted, ``chunk_cells`` at a time (CellTypist's ``annotate`` takes them dense, in pieces of ``DENSE_BYTES``). Above
 ``large_data_cells`` training cells CellTypist runs in its own large-data mode (``use_SGD``, ``mini_batch``,
 ``with_mean: false`` so the sparse matrix is never densified), whatever those three settings say; above
-``aggregate_cells`` SingleR builds its reference from aggregated profiles (``train_single(aggregate=True)``:
-k-means within each label, ``n ** aggregate_power`` profiles per label of n cells; needs ``scranpy``). The job's log
+``aggregate_cells`` SingleR builds its reference from aggregated profiles (``singler.aggregate_reference``: k-means
+within each label, ``n ** aggregate_power`` profiles per label of n cells; needs ``scranpy``), its markers still
+from every cell, as ``train_single(aggregate=True)`` does. The job's log
 says which mode ran (``scale mode: ...``). Measured peaks (20k genes, 53k training cells): CellTypist 3.05 GB on a
 50M-value sample (its float64 copies: ~60 bytes per value, hence its default of 30M), SingleR aggregated 1.24 GB.
 """
@@ -55,7 +57,8 @@ from __future__ import annotations
 
 import importlib
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -64,12 +67,12 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from sclabel import io, qc
+from sclabel import qc
+from sclabel.annotator import Annotator, LabelledCells, MethodNotRunnable, RunContext, rank_table
 from sclabel.baselines import stored_values, stratified_sample
 from sclabel.errors import InputError
-from sclabel.metrics import NOT_RUN
-from sclabel.pipeline import predict_split, read_split
-from sclabel.store import DEFAULT_CHUNK_CELLS, CellStore, in_memory, row_chunks, take_rows
+from sclabel.method_stage import one_line
+from sclabel.store import DEFAULT_CHUNK_CELLS, RowView, in_memory, row_chunks, take_rows
 
 log = logging.getLogger("sclabel")
 
@@ -96,7 +99,7 @@ SINGLER_AGGREGATION_RANK = 20  # aggregate_reference's default number of PCs
 DENSE_BYTES = 256 * 2**20  # CellTypist annotates a dense query (float64): at most this much at once
 
 
-class PeerNotRunnable(Exception):
+class PeerNotRunnable(MethodNotRunnable):
     """The peer cannot run on this data or in this environment; ``str(err)`` is the reason, one line."""
 
 
@@ -119,11 +122,6 @@ def import_peer(package: str, env: str | None = None) -> ModuleType:
         raise PeerNotRunnable(
             f"{package} is not installed in this environment ({err}); install it with pip install -e '.[peers]' "
             f"or run with --sdm conda (envs/{env or package}.yaml)") from err
-
-
-def one_line(text: object) -> str:
-    """``text`` on one line."""
-    return " ".join(str(text).split())
 
 
 def check_log1p_scale(matrices: Sequence[Any], target_sum: float = CP10K,
@@ -196,28 +194,23 @@ def training_sample(labels: np.ndarray, X: Any, max_nnz: int, seed: int) -> np.n
     return stratified_sample(labels, int(len(labels) * max_nnz / values), seed)
 
 
-def celltypist_fit(train_X: Any, train_labels: Sequence[str], genes: Sequence[str], seed: int,
-                   settings: Mapping[str, Any] | None = None, threads: int = 1,
-                   target_sum: float = CP10K) -> tuple[Callable[[Any], np.ndarray], np.ndarray]:
-    """Train CellTypist on the training cells; (predict: test cells -> class probabilities, sorted classes)."""
-    settings = resolve_settings("celltypist", settings)
+def celltypist_train(X: Any, labels: np.ndarray, genes: np.ndarray, seed: int, settings: Mapping[str, Any],
+                     threads: int, target_sum: float) -> Any:
+    """A CellTypist ``Model`` trained on the cells (a bounded sample; large-data mode above ``large_data_cells``)."""
     celltypist = import_peer("celltypist")
-    train_labels = np.asarray(train_labels, dtype=str)
-    classes = np.unique(train_labels)
-    genes = np.asarray(genes, dtype=str)
     options = {key: value for key, value in settings.items() if key not in SCALE_SETTINGS}
-    if len(train_labels) > settings["large_data_cells"]:
+    large = len(labels) > settings["large_data_cells"]
+    if large:
         options.update(LARGE_DATA_MODE)
-    cells = training_sample(train_labels, train_X, settings["max_nnz"], seed)
+    cells = training_sample(labels, X, settings["max_nnz"], seed)
     log.info("scale mode: CellTypist%s (use_SGD %s, mini_batch %s, with_mean %s) on %d of %d training cells",
-             " large-data mode" if len(train_labels) > settings["large_data_cells"] else "", options["use_SGD"],
-             options["mini_batch"], options["with_mean"], len(cells), len(train_labels))
-    X = cp10k_log1p(in_memory(take_rows(train_X, cells)), target_sum, settings["renormalise"])
+             " large-data mode" if large else "", options["use_SGD"], options["mini_batch"], options["with_mean"],
+             len(cells), len(labels))
+    X = cp10k_log1p(in_memory(take_rows(X, cells)), target_sum, settings["renormalise"])
     rng_state = np.random.get_state()
     np.random.seed(seed)  # CellTypist's mini-batches draw from numpy's global generator
     try:
-        model = celltypist.train(X, labels=train_labels[cells], genes=genes, n_jobs=threads, random_state=seed,
-                                 **options)
+        return celltypist.train(X, labels=labels[cells], genes=genes, n_jobs=threads, random_state=seed, **options)
     except TypeError as err:
         if "multi_class" not in str(err):
             raise
@@ -234,28 +227,107 @@ def celltypist_fit(train_X: Any, train_labels: Sequence[str], genes: Sequence[st
         raise PeerNotRunnable(f"CellTypist's input check failed: {message}") from err
     finally:
         np.random.set_state(rng_state)
-    dense_cells = max(1, DENSE_BYTES // (8 * len(genes)))
-
-    def predict(test_X: Any) -> np.ndarray:
-        test_X = cp10k_log1p(test_X, target_sum, settings["renormalise"])
-        scores = []
-        for part in row_chunks(test_X, dense_cells):
-            query = ad.AnnData(part.toarray())  # annotate fails on a sparse query of a with_mean=False model
-            query.var_names = genes
-            scores.append(celltypist.annotate(query, model=model, majority_voting=False).decision_matrix)
-        decision = pd.concat(scores)
-        return in_class_order(expit_shares(decision.to_numpy(dtype=float)), list(decision.columns), classes)
-
-    return predict, classes
 
 
-def celltypist_predict(train_X: Any, train_labels: Sequence[str], test_X: Any, genes: Sequence[str], seed: int,
-                       settings: Mapping[str, Any] | None = None, threads: int = 1,
-                       target_sum: float = CP10K) -> tuple[np.ndarray, np.ndarray]:
-    """Train CellTypist on the training cells and annotate the test cells (best match, no majority voting)."""
-    check_log1p_scale([train_X, test_X], target_sum)  # one reason naming the largest value of either
-    predict, classes = celltypist_fit(train_X, train_labels, genes, seed, settings, threads, target_sum)
-    return predict(test_X), classes
+def celltypist_proba(model: Any, X: Any, genes: Sequence[str], classes: np.ndarray, target_sum: float,
+                     renormalise: bool) -> np.ndarray:
+    """Class probabilities (``expit_shares`` of CellTypist's scores) of cells, dense ``DENSE_BYTES`` at a time."""
+    celltypist = import_peer("celltypist")
+    X = cp10k_log1p(X, target_sum, renormalise)
+    scores = []
+    for part in row_chunks(X, max(1, DENSE_BYTES // (8 * len(genes)))):
+        query = ad.AnnData(part.toarray())  # annotate fails on a sparse query of a with_mean=False model
+        query.var_names = np.asarray(genes, dtype=str)
+        scores.append(celltypist.annotate(query, model=model, majority_voting=False).decision_matrix)
+    decision = pd.concat(scores)
+    return in_class_order(expit_shares(decision.to_numpy(dtype=float)), list(decision.columns), classes)
+
+
+def qualified_name(cls: type) -> str:
+    """``module.Class`` of a class, as skops names types."""
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def load_skops(path: Path, allowed: Sequence[type]) -> Any:
+    """The object a ``.skops`` file holds, refused (one-line InputError) unless it is one of the ``allowed`` types."""
+    import skops.io
+
+    names = [qualified_name(cls) for cls in allowed]
+    try:
+        loaded = skops.io.load(path, trusted=names)
+    except skops.io.exceptions.UntrustedTypesFoundException as err:
+        raise InputError(path, "types", one_line(err).rstrip("."), "retrain the model with this workflow") from None
+    if type(loaded) not in allowed:
+        raise InputError(path, "type", f"holds a {qualified_name(type(loaded))}, expected {' or '.join(names)}",
+                         "retrain the model with this workflow")
+    return loaded
+
+
+def pooled(train: LabelledCells, validation: LabelledCells | None) -> LabelledCells:
+    """Training and validation cells as one training set (peers train on both); a store's rows in store order."""
+    if validation is None or not len(validation.labels):
+        return LabelledCells(train.X, np.asarray(train.labels).astype(str))
+    labels = np.concatenate([train.labels, validation.labels]).astype(str)
+    if isinstance(train.X, RowView) and isinstance(validation.X, RowView) and train.X.store is validation.X.store:
+        rows = np.concatenate([train.X.rows, validation.X.rows])
+        order = np.argsort(rows, kind="stable")
+        return LabelledCells(RowView(train.X.store, rows[order]), labels[order])
+    matrices = [sp.csr_matrix(in_memory(cells.X)) for cells in (train, validation)]
+    return LabelledCells(sp.vstack(matrices, format="csr"), labels)
+
+
+class CelltypistAnnotator(Annotator):
+    """CellTypist 1.7.1 trained on training + validation cells; saved as its classifier and scaler in skops files."""
+
+    version_bound = ("scikit-learn", "celltypist")
+    CLASSIFIER, SCALER = "classifier.skops", "scaler.skops"
+
+    def __init__(self, method: str, settings: Mapping[str, Any] | None = None, seed: int = 0,
+                 genes: Sequence[str] = (), context: RunContext | None = None) -> None:
+        super().__init__(method, resolve_settings("celltypist", settings), seed, genes, context)
+        self.model: Any = None  # a celltypist.models.Model
+
+    def fit(self, train: LabelledCells, validation: LabelledCells | None = None) -> CelltypistAnnotator:
+        """Train CellTypist on training + validation cells; ``PeerNotRunnable`` when the data breaks its checks."""
+        cells = pooled(train, validation)
+        target_sum = self.context.target_sum
+        check_log1p_scale([cells.X], target_sum, self.context.chunk_cells)  # one reason naming the largest value
+        self.model = celltypist_train(cells.X, cells.labels, np.asarray(self.genes, dtype=str), self.seed,
+                                      self.settings, self.context.threads, target_sum)
+        self.classes = np.unique(cells.labels)
+        self.preprocessing = {"target_sum": target_sum}
+        return self
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """CellTypist's scores as probabilities (``expit_shares``), columns in ``classes`` order."""
+        return celltypist_proba(self.model, X, self.genes, self.classes, self.preprocessing["target_sum"],
+                                self.settings["renormalise"])
+
+    def top_genes(self) -> pd.DataFrame:
+        """Genes ranked per cell type by the classifier's coefficients (over its features)."""
+        classifier = self.model.classifier
+        coefficients = np.atleast_2d(np.asarray(classifier.coef_, dtype=np.float64))
+        if len(classifier.classes_) == 2:  # sklearn's binary model: the row is the log-odds of classes_[1]
+            coefficients = np.vstack([-coefficients, coefficients])
+        return rank_table(coefficients, [str(c) for c in classifier.classes_], [str(g) for g in self.model.features])
+
+    def save_arrays(self, folder: Path) -> dict[str, Any]:
+        """The classifier (its feature list included) and scaler as skops files; CellTypist's description as meta."""
+        import skops.io
+
+        skops.io.dump(self.model.classifier, folder / self.CLASSIFIER)
+        skops.io.dump(self.model.scaler, folder / self.SCALER)
+        return {"description": self.model.description}
+
+    def load_arrays(self, folder: Path, meta: Mapping[str, Any]) -> None:
+        """Rebuild CellTypist's ``Model`` from the skops files (only its classifier and scaler types are accepted)."""
+        from sklearn.linear_model import LogisticRegression, SGDClassifier
+        from sklearn.preprocessing import StandardScaler
+
+        models = import_peer("celltypist.models", env="celltypist")
+        classifier = load_skops(folder / self.CLASSIFIER, (LogisticRegression, SGDClassifier))
+        self.model = models.Model(classifier, load_skops(folder / self.SCALER, (StandardScaler,)),
+                                  dict(meta["description"]))
 
 
 def genes_by_cells(X: Any) -> sp.csc_matrix:
@@ -276,96 +348,107 @@ def aggregation_rank(labels: np.ndarray, power: float, rank: int = SINGLER_AGGRE
     return int(min(rank, clustered.min(initial=rank + 1) - 1))
 
 
-def singler_fit(train_X: Any, train_labels: Sequence[str], genes: Sequence[str], seed: int,
-                settings: Mapping[str, Any] | None = None,
-                threads: int = 1) -> tuple[Callable[[Any], np.ndarray], np.ndarray]:
-    """Build a SingleR reference from the training cells (classic markers); (predict, sorted classes)."""
-    settings = resolve_settings("singler", settings)
-    singler = import_peer("singler")
-    train_labels = np.asarray(train_labels, dtype=str)
-    classes = np.unique(train_labels)
-    genes = [str(gene) for gene in genes]
-    aggregate = len(train_labels) > settings["aggregate_cells"]
-    if aggregate and settings["aggregate_power"] > 0:
-        import_peer("scranpy", env="singler")  # SingleR's aggregation clusters each label with scranpy
-    cells = training_sample(train_labels, train_X, settings["max_nnz"], seed)
-    log.info("scale mode: SingleR reference from %d of %d training cells%s", len(cells), len(train_labels),
-             f", aggregated (power {settings['aggregate_power']})" if aggregate else "")
-    reference = singler.train_single(genes_by_cells(in_memory(take_rows(train_X, cells))), list(train_labels[cells]),
-                                     genes, test_features=genes, num_de=settings["num_de"], num_threads=threads,
-                                     aggregate=aggregate,
-                                     aggregate_args={"power": settings["aggregate_power"], "num_threads": threads,
-                                                     "rank": aggregation_rank(train_labels[cells],
-                                                                              settings["aggregate_power"])})
-    labels = [str(label) for label in reference.labels]
-    position = {label: i for i, label in enumerate(labels)}
-
-    def predict(test_X: Any) -> np.ndarray:
-        result = singler.classify_single(genes_by_cells(test_X), reference, quantile=settings["quantile"],
-                                         use_fine_tune=settings["use_fine_tune"],
-                                         fine_tune_threshold=settings["fine_tune_threshold"], num_threads=threads)
-        table = result.get_column("scores")
-        scores = np.column_stack([np.asarray(table.get_column(label), dtype=float) for label in reference.labels])
-        chosen = np.array([position[str(label)] for label in result.get_column("best")], dtype=int)
-        probabilities = softmax_with_label(scores, chosen, settings["temperature"])
-        return in_class_order(probabilities, labels, classes)
-
-    return predict, classes
+def marker_arrays(markers: Mapping[str, Mapping[str, Sequence[str]]], classes: np.ndarray,
+                  genes: Sequence[str]) -> dict[str, np.ndarray]:
+    """SingleR's pairwise markers (``markers[a][b]``: genes up in a over b, in order) as flat integer arrays."""
+    position = {gene: i for i, gene in enumerate(genes)}
+    code = {label: i for i, label in enumerate(classes)}
+    pairs = [(code[str(a)], code[str(b)], position[str(gene)])
+             for a, inner in markers.items() for b, listed in inner.items() for gene in listed]
+    first, second, gene = np.array(pairs, dtype=np.int64).reshape(-1, 3).T
+    return {"marker_up": first, "marker_over": second, "marker_gene": gene}
 
 
-def singler_predict(train_X: Any, train_labels: Sequence[str], test_X: Any, genes: Sequence[str], seed: int,
-                    settings: Mapping[str, Any] | None = None, threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """Build a SingleR reference from the training cells (classic markers) and classify the test cells."""
-    predict, classes = singler_fit(train_X, train_labels, genes, seed, settings, threads)
-    return predict(test_X), classes
+def markers_from_arrays(arrays: Mapping[str, np.ndarray], classes: np.ndarray,
+                        genes: Sequence[str]) -> dict[str, dict[str, list[str]]]:
+    """The pairwise markers back from ``marker_arrays``."""
+    markers: dict[str, dict[str, list[str]]] = {a: {b: [] for b in classes} for a in classes}
+    for up, over, gene in zip(arrays["marker_up"], arrays["marker_over"], arrays["marker_gene"]):
+        markers[classes[up]][classes[over]].append(genes[gene])
+    return markers
 
 
-FIT = {"celltypist": celltypist_fit, "singler": singler_fit}
+class SinglerAnnotator(Annotator):
+    """SingleR (BiocPy ``singler``) with a reference of training + validation cells or profiles aggregated from them.
 
-
-def not_run_record(reason: str) -> pd.DataFrame:
-    """What a peer that cannot run writes instead of predictions: one ``not_run`` column holding the reason."""
-    return pd.DataFrame({NOT_RUN: [one_line(reason)]})
-
-
-def fit_peer(peer: str, settings: Mapping[str, Any] | None, seed: int, train_X: Any, train_labels: Sequence[str],
-             genes: Sequence[str], threads: int = 1,
-             target_sum: float = CP10K) -> tuple[Callable[[Any], np.ndarray], np.ndarray]:
-    """Train peer ``peer``; (predict: test cells -> class probabilities, sorted classes), or ``PeerNotRunnable``."""
-    settings = resolve_settings(peer, settings)
-    extra = {"target_sum": target_sum} if peer == "celltypist" else {}
-    return FIT[peer](train_X, train_labels, genes, seed, settings, threads=threads, **extra)
-
-
-def predict_peer(peer: str, settings: Mapping[str, Any] | None, seed: int, train_X: Any, train_labels: Sequence[str],
-                 test_X: Any, genes: Sequence[str], threads: int = 1,
-                 target_sum: float = CP10K) -> tuple[np.ndarray, np.ndarray]:
-    """Run peer ``peer``; (test class probabilities, sorted classes), or ``PeerNotRunnable``."""
-    if peer == "celltypist":
-        check_log1p_scale([train_X, test_X], target_sum)  # one reason naming the largest value of either
-    predict, classes = fit_peer(peer, settings, seed, train_X, train_labels, genes, threads, target_sum)
-    return predict(test_X), classes
-
-
-def peer_stage(peer: str, settings: Mapping[str, Any], seed: int, threads: int, target_sum: float, input_h5ad: str,
-               splits_file: str, split: str, output: str, chunk_cells: int = DEFAULT_CHUNK_CELLS) -> None:
-    """Train a peer on the split's train + val cells of the preprocessed matrix; write its test predictions.
-
-    The matrix is opened as a ``CellStore``: only the split's rows are read, test cells ``chunk_cells`` at a time.
-    When the peer cannot run, write the ``not_run`` record with the reason instead (and log it as a warning).
+    Saved as ``reference.npz``: the reference profiles over the marker genes (CSR arrays), their labels and the
+    pairwise markers; loading rebuilds SingleR's reference with ``train_single`` on exactly these.
     """
-    roles = read_split(splits_file, split)
-    with CellStore(input_h5ad) as store:
-        genes = store.var_names
 
-        def fit(X: Any, y: np.ndarray) -> tuple[Callable[[Any], np.ndarray], np.ndarray]:
-            return fit_peer(peer, settings, seed, X, y, genes, threads=threads, target_sum=target_sum)
+    version_bound = ("singler",)
+    REFERENCE = "reference.npz"
 
-        try:
-            if peer == "celltypist":  # one reason naming the largest value of the split's cells, before training
-                check_log1p_scale([store.view(store.rows_of(roles.index))], target_sum, chunk_cells)
-            predict_split(peer, fit, store.view(), store.obs_names, store.obs["cell_type"].astype(str), roles,
-                          output, chunk_cells)
-        except PeerNotRunnable as err:
-            log.warning("%s not run on %s: %s", peer, split, err)
-            io.write_tsv(not_run_record(str(err)), output)
+    def __init__(self, method: str, settings: Mapping[str, Any] | None = None, seed: int = 0,
+                 genes: Sequence[str] = (), context: RunContext | None = None) -> None:
+        super().__init__(method, resolve_settings("singler", settings), seed, genes, context)
+        self.state: dict[str, np.ndarray] = {}  # what reference.npz holds
+        self.reference: Any = None  # singler's TrainedSingleReference, built from ``state``
+
+    def fit(self, train: LabelledCells, validation: LabelledCells | None = None) -> SinglerAnnotator:
+        """Markers from the training + validation cells, the reference from them or their per-type aggregates."""
+        singler = import_peer("singler")
+        cells = pooled(train, validation)
+        settings, threads = self.settings, self.context.threads
+        aggregate = len(cells.labels) > settings["aggregate_cells"]
+        if aggregate and settings["aggregate_power"] > 0:
+            import_peer("scranpy", env="singler")  # SingleR's aggregation clusters each label with scranpy
+        sample = training_sample(cells.labels, cells.X, settings["max_nnz"], self.seed)
+        log.info("scale mode: SingleR reference from %d of %d training cells%s", len(sample), len(cells.labels),
+                 f", aggregated (power {settings['aggregate_power']})" if aggregate else "")
+        labels = list(cells.labels[sample])
+        data = genes_by_cells(in_memory(take_rows(cells.X, sample)))
+        markers = singler.get_classic_markers(ref_data=[data], ref_labels=[labels], ref_features=[self.genes],
+                                              num_de=settings["num_de"], num_threads=threads)
+        if aggregate:
+            rank = aggregation_rank(np.asarray(labels), settings["aggregate_power"])
+            profiles = singler.aggregate_reference(data, labels, self.genes, power=settings["aggregate_power"],
+                                                   num_threads=threads, rank=rank)
+            data, labels = profiles.assay(0), list(profiles.get_column_data().get_column("label"))
+        self.classes = np.unique(cells.labels[sample])
+        used = np.flatnonzero(np.isin(self.genes, [g for inner in markers.values() for listed in inner.values()
+                                                   for g in listed]))
+        reference = sp.csr_matrix(data[used, :].T)
+        marker_genes = [self.genes[i] for i in used]
+        self.state = {"data": reference.data, "indices": reference.indices, "indptr": reference.indptr,
+                      "shape": np.array(reference.shape), "used_genes": used,
+                      "labels": np.searchsorted(self.classes, labels),
+                      **marker_arrays(markers, self.classes, marker_genes)}
+        self.reference = self.build_reference()
+        return self
+
+    def build_reference(self) -> Any:
+        """SingleR's trained reference from ``state`` (profiles over the marker genes, their labels, the markers)."""
+        singler = import_peer("singler")
+        state = self.state
+        profiles = sp.csr_matrix((state["data"], state["indices"], state["indptr"]), shape=tuple(state["shape"]))
+        marker_genes = [self.genes[i] for i in state["used_genes"]]
+        return singler.train_single(genes_by_cells(profiles), list(self.classes[state["labels"]]), marker_genes,
+                                    test_features=self.genes,
+                                    markers=markers_from_arrays(state, self.classes, marker_genes),
+                                    num_threads=self.context.threads)
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Softmax of SingleR's scores, its fine-tuned label on top (``softmax_with_label``), in ``classes`` order."""
+        singler = import_peer("singler")
+        settings = self.settings
+        result = singler.classify_single(genes_by_cells(X), self.reference, quantile=settings["quantile"],
+                                         use_fine_tune=settings["use_fine_tune"],
+                                         fine_tune_threshold=settings["fine_tune_threshold"],
+                                         num_threads=self.context.threads)
+        labels = [str(label) for label in self.reference.labels]
+        position = {label: i for i, label in enumerate(labels)}
+        table = result.get_column("scores")
+        scores = np.column_stack([np.asarray(table.get_column(label), dtype=float) for label in labels])
+        chosen = np.array([position[str(label)] for label in result.get_column("best")], dtype=int)
+        return in_class_order(softmax_with_label(scores, chosen, settings["temperature"]), labels, self.classes)
+
+    def save_arrays(self, folder: Path) -> dict[str, Any]:
+        """``reference.npz`` (no pickled objects)."""
+        np.savez(folder / self.REFERENCE, **self.state)
+        return {}
+
+    def load_arrays(self, folder: Path, meta: Mapping[str, Any]) -> None:
+        """Read ``reference.npz`` and rebuild the reference."""
+        with np.load(folder / self.REFERENCE, allow_pickle=False) as arrays:
+            self.state = {name: arrays[name] for name in arrays.files}
+        self.reference = self.build_reference()

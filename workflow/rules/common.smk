@@ -157,3 +157,8 @@ def gpu_resource(stage):
 def torch_device(stage):
     """Device a torch stage runs on: cuda when the config asks for a GPU, else its device setting."""
     return "cuda" if config[stage]["gpu"] else config[stage]["device"]
+
+
+def env_of_method(wildcards):
+    """The conda env file of the job's method, for a rule run by several methods."""
+    return method_env(wildcards.method)

@@ -1,52 +1,53 @@
 # Published annotators as peers: same preprocessed matrix, same splits, same prediction contract as every method.
-# One rule per peer, each in its own conda env (CellTypist 1.7.1 needs scikit-learn < 1.8 for its default solver).
+# One rule for every peer, each method in its own conda env (the registry's env: CellTypist 1.7.1 needs
+# scikit-learn < 1.8 for its default solver); the fitted model is saved like any method's (results/models).
+PEER_PARAMS = {
+    "settings": lambda wildcards: config["peers"][wildcards.method],
+    "seed": config["peers"]["seed"],
+    "target_sum": config["qc"]["target_sum"],
+    "chunk_cells": config["store"]["chunk_cells"],
+}
 
 
-rule peer_celltypist:
+rule peer:
     input:
         h5ad="results/data/combined.h5ad",
         splits="results/splits/splits.tsv",
     output:
-        "results/predictions/celltypist/{split}.tsv",
+        model=directory("results/models/{method}/{split}"),
+        predictions="results/predictions/{method}/{split}.tsv",
     wildcard_constraints:
+        method=one_of(PEERS),
         split=r"cv[0-9]+|lodo_[A-Za-z0-9_-]+",
     params:
-        peer="celltypist",
-        settings=config["peers"]["celltypist"],
-        seed=config["peers"]["seed"],
-        target_sum=config["qc"]["target_sum"],
-        chunk_cells=config["store"]["chunk_cells"],
+        **PEER_PARAMS,
     log:
-        "results/logs/peers/celltypist/{split}.log",
+        "results/logs/peers/{method}/{split}.log",
     benchmark:
-        "results/benchmarks/peers/celltypist/{split}.tsv"
+        "results/benchmarks/peers/{method}/{split}.tsv"
     threads: config["peers"]["threads"]
     conda:
-        "../../envs/celltypist.yaml"
+        env_of_method
     script:
         "../../scripts/peer.py"
 
 
-rule peer_singler:
+rule peer_final:
     input:
         h5ad="results/data/combined.h5ad",
         splits="results/splits/splits.tsv",
     output:
-        "results/predictions/singler/{split}.tsv",
+        model=directory("results/models/{method}/final"),
     wildcard_constraints:
-        split=r"cv[0-9]+|lodo_[A-Za-z0-9_-]+",
+        method=one_of(PEERS),
     params:
-        peer="singler",
-        settings=config["peers"]["singler"],
-        seed=config["peers"]["seed"],
-        target_sum=config["qc"]["target_sum"],
-        chunk_cells=config["store"]["chunk_cells"],
+        **PEER_PARAMS,
     log:
-        "results/logs/peers/singler/{split}.log",
+        "results/logs/peers/{method}/final.log",
     benchmark:
-        "results/benchmarks/peers/singler/{split}.tsv"
+        "results/benchmarks/peers/{method}/final.tsv"
     threads: config["peers"]["threads"]
     conda:
-        "../../envs/singler.yaml"
+        env_of_method
     script:
         "../../scripts/peer.py"
