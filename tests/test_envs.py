@@ -20,7 +20,8 @@ PACKAGE_OF = {"sklearn": "scikit-learn", "matplotlib": "matplotlib-base", "yaml"
 # method's env only, so that envs/celltypist.yaml needs no singler and the other way round
 RUNTIME_IMPORTS = {"celltypist": {"celltypist"}, "singler": {"singler", "scranpy"}}
 RULE = re.compile(r"^rule (\w+):(.*?)(?=^rule |\Z)", re.MULTILINE | re.DOTALL)
-METHOD_ENV = "method_env"  # workflow/rules/common.smk: a rule's env chosen per method from the registry
+METHOD_ENV = "env_of_method"  # workflow/rules/common.smk: a rule's env chosen per method from the registry
+ANNOTATE_ENV = "method_env(ANNOTATE_METHOD)"  # rule annotate: the env of whichever method annotates
 
 
 def rule_envs_and_scripts() -> list[tuple[str, str, str]]:
@@ -31,9 +32,10 @@ def rule_envs_and_scripts() -> list[tuple[str, str, str]]:
             env, script = re.search(r'conda:\s*"?([^"\s]+)', body), re.search(r'script:\s*"([^"]+)"', body)
             if not (env and script):
                 continue
-            if env.group(1) == METHOD_ENV:
+            if env.group(1) in (METHOD_ENV, ANNOTATE_ENV):
+                methods = rule_methods(body) if env.group(1) == METHOD_ENV else list(registry.METHODS)
                 found += [(f"{name}[{method}]", f"{registry.get(method).env}.yaml", Path(script.group(1)).name)
-                          for method in rule_methods(body)]
+                          for method in methods]
             else:
                 found.append((name, Path(env.group(1)).name, Path(script.group(1)).name))
     return found
@@ -43,8 +45,8 @@ def rule_methods(body: str) -> list[str]:
     """The registered methods a rule's ``method`` wildcard constraint admits."""
     constraint = re.search(r"method=one_of\((\w+)\)", body).group(1)
     common = (REPO_ROOT / "workflow/rules/common.smk").read_text()
-    names = ast.literal_eval(re.search(rf"^{constraint} = (\[.*\])$", common, re.MULTILINE).group(1))
-    return [name for name in names if name in registry.METHODS]
+    families = ast.literal_eval(re.search(rf"^{constraint} = registry\.names\((.*)\)$", common, re.MULTILINE).group(1))
+    return registry.names(*(families if isinstance(families, tuple) else (families,)))
 
 
 def module_file(module: str) -> Path | None:

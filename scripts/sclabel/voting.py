@@ -36,6 +36,7 @@ def over_cluster(X: sp.spmatrix, seed: int) -> np.ndarray:
     50 principal components, 10 neighbours, Leiden (igraph, 2 iterations). Unlike CellTypist the genes are not
     centred before clipping, so the matrix stays sparse (scanpy's sparse PCA centres implicitly).
     """
+    import igraph  # noqa: F401 (scanpy's Leiden, igraph flavour: every env that annotates needs it)
     import scanpy as sc
 
     adata = ad.AnnData(X=sp.csr_matrix(X, dtype=np.float32))
