@@ -17,18 +17,16 @@ from sklearn.preprocessing import MaxAbsScaler, StandardScaler
 from sclabel.baselines import logistic_regression
 from sclabel.errors import InputError
 from sclabel.interpret import (
-    RANK_COLUMNS,
     RECALL_COLUMNS,
     attention_top_genes,
-    coefficient_top_genes,
     gradient_top_genes,
     load_marker_table,
     marker_recall_curve,
-    rank_table,
 )
 from sclabel.model import UNASSIGNED, CellTypeAnnotator
 from sclabel.nn.finetune import FinetuneSettings
 from sclabel.nn.transformer import softmax_kernel_features
+from sclabel.ranking import RANK_COLUMNS, coefficient_top_genes, rank_table
 
 GENES = [f"g{i}" for i in range(30)]
 LABELS = ["A", "B", "C"]
@@ -349,7 +347,6 @@ def test_linear_top_genes_come_from_the_baseline_fit_on_the_store(symphony_store
     from sclabel import splits
     from sclabel.baselines import build_baseline
     from sclabel.explain import labelled_data, linear_top_genes
-    from sclabel.interpret import coefficient_top_genes
     from sclabel.pipeline import read_split
 
     combined, splits_file = symphony_store

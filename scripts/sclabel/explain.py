@@ -51,7 +51,7 @@ def labelled_sample(input_h5ad: str, max_cells_per_type: int, seed: int) -> tupl
 def linear_top_genes(method: str, settings: Mapping[str, Any], seed: int, input_h5ad: str, splits_file: str,
                      chunk_cells: int = DEFAULT_CHUNK_CELLS) -> pd.DataFrame:
     """Coefficients of a linear baseline trained on all labelled cells (the final split's train + val)."""
-    from sclabel.interpret import coefficient_top_genes
+    from sclabel.ranking import coefficient_top_genes
 
     roles = read_split(splits_file, splits.FINAL)
     with CellStore(input_h5ad) as store:
