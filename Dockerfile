@@ -2,10 +2,10 @@
 # regenerate it whenever an env file changes (tests/test_deployment.py checks the two agree).
 FROM condaforge/miniforge3:latest
 LABEL io.github.snakemake.containerized="true"
-LABEL io.github.snakemake.conda_env_hash="836f7420ea09bc4ab12bed2c5cac1352c32a16d54a5ea012a9740c271229cc32"
+LABEL io.github.snakemake.conda_env_hash="860b4a1aa8cc049fecca5c72af750b8de8ba122f159243959fdd2cba6a0cd779"
 # Conda environment:
 #   source: envs/celltypist.yaml
-#   prefix: /conda-envs/1ab79fab0e2fbc62c59c427521816f7b
+#   prefix: /conda-envs/f3e3f5bf11cbd7381f5901b43e70ab25
 #   # CellTypist peer. CellTypist 1.7.1's default solver passes LogisticRegression(multi_class=...), which
 #   # scikit-learn 1.8 removed: scikit-learn stays below 1.8 here. CellTypist and the packages it adds come from PyPI.
 #   channels:
@@ -29,8 +29,9 @@ LABEL io.github.snakemake.conda_env_hash="836f7420ea09bc4ab12bed2c5cac1352c32a16
 #         - openpyxl==3.1.5
 #         - leidenalg==0.12.0
 #         - igraph==1.0.0
-RUN mkdir -p /conda-envs/1ab79fab0e2fbc62c59c427521816f7b
-COPY envs/celltypist.yaml /conda-envs/1ab79fab0e2fbc62c59c427521816f7b/environment.yaml
+#         - skops==0.16.0
+RUN mkdir -p /conda-envs/f3e3f5bf11cbd7381f5901b43e70ab25
+COPY envs/celltypist.yaml /conda-envs/f3e3f5bf11cbd7381f5901b43e70ab25/environment.yaml
 # Conda environment:
 #   source: envs/data.yaml
 #   prefix: /conda-envs/1220da59dc8758880739f5c1ac6aa194
@@ -52,7 +53,7 @@ RUN mkdir -p /conda-envs/1220da59dc8758880739f5c1ac6aa194
 COPY envs/data.yaml /conda-envs/1220da59dc8758880739f5c1ac6aa194/environment.yaml
 # Conda environment:
 #   source: envs/interpret.yaml
-#   prefix: /conda-envs/666a003a8289c2c19125f05230b1e03f
+#   prefix: /conda-envs/b0aa0e5c2eb11141f6973ff93a83000e
 #   # interpretation: top genes, enrichment, differential expression, marker recall
 #   channels:
 #     - conda-forge
@@ -74,8 +75,9 @@ COPY envs/data.yaml /conda-envs/1220da59dc8758880739f5c1ac6aa194/environment.yam
 #     - pip=25.3
 #     - pip:
 #         - torch==2.13.0
-RUN mkdir -p /conda-envs/666a003a8289c2c19125f05230b1e03f
-COPY envs/interpret.yaml /conda-envs/666a003a8289c2c19125f05230b1e03f/environment.yaml
+#         - skops==0.16.0  # reads the linear baselines' saved models
+RUN mkdir -p /conda-envs/b0aa0e5c2eb11141f6973ff93a83000e
+COPY envs/interpret.yaml /conda-envs/b0aa0e5c2eb11141f6973ff93a83000e/environment.yaml
 # Conda environment:
 #   source: envs/report.yaml
 #   prefix: /conda-envs/14ef36bd051104cab391e532795ca9b8
@@ -92,7 +94,7 @@ RUN mkdir -p /conda-envs/14ef36bd051104cab391e532795ca9b8
 COPY envs/report.yaml /conda-envs/14ef36bd051104cab391e532795ca9b8/environment.yaml
 # Conda environment:
 #   source: envs/singler.yaml
-#   prefix: /conda-envs/0df33cf615c2b94ae376bd0c2dbb83c2
+#   prefix: /conda-envs/0e7f2c8157e6009ccd3f5dce827f9e51
 #   # SingleR peer: BiocPy's singler (Python bindings of the C++ singlepp) and its BiocPy dependencies, from PyPI wheels
 #   channels:
 #     - conda-forge
@@ -121,11 +123,12 @@ COPY envs/report.yaml /conda-envs/14ef36bd051104cab391e532795ca9b8/environment.y
 #         - compressed-lists==0.4.5
 #         - mattress==0.4.3
 #         - knncolle==0.3.1
-RUN mkdir -p /conda-envs/0df33cf615c2b94ae376bd0c2dbb83c2
-COPY envs/singler.yaml /conda-envs/0df33cf615c2b94ae376bd0c2dbb83c2/environment.yaml
+#         - skops==0.16.0  # sclabel.baselines (imported by the peers' stage) saves models with it
+RUN mkdir -p /conda-envs/0e7f2c8157e6009ccd3f5dce827f9e51
+COPY envs/singler.yaml /conda-envs/0e7f2c8157e6009ccd3f5dce827f9e51/environment.yaml
 # Conda environment:
 #   source: envs/sklearn.yaml
-#   prefix: /conda-envs/6354d58bac3dd42cf22710ba9f06255c
+#   prefix: /conda-envs/cd8f1bccfa1868486563955dc56bf614
 #   # classical baselines and evaluation (scanpy and tqdm: the shared stage module also reads datasets)
 #   channels:
 #     - conda-forge
@@ -140,11 +143,12 @@ COPY envs/singler.yaml /conda-envs/0df33cf615c2b94ae376bd0c2dbb83c2/environment.
 #     - scikit-learn=1.8.0
 #     - scanpy=1.11.5
 #     - tqdm=4.67.1
-RUN mkdir -p /conda-envs/6354d58bac3dd42cf22710ba9f06255c
-COPY envs/sklearn.yaml /conda-envs/6354d58bac3dd42cf22710ba9f06255c/environment.yaml
+#     - skops=0.16.0  # saved baseline models (model.skops; no pickle)
+RUN mkdir -p /conda-envs/cd8f1bccfa1868486563955dc56bf614
+COPY envs/sklearn.yaml /conda-envs/cd8f1bccfa1868486563955dc56bf614/environment.yaml
 # Conda environment:
 #   source: envs/torch.yaml
-#   prefix: /conda-envs/0cbf016c4b149d3b4ee34a5ef85c6279
+#   prefix: /conda-envs/8afda69c654fbcdbe2011c980ca1b83b
 #   # pretraining, fine-tuning and annotation (torch from PyPI: the CPU wheel where no GPU is needed; igraph: Leiden of annotate.majority_voting)
 #   channels:
 #     - conda-forge
@@ -163,14 +167,15 @@ COPY envs/sklearn.yaml /conda-envs/6354d58bac3dd42cf22710ba9f06255c/environment.
 #     - pip:
 #         - torch==2.13.0
 #         - igraph==1.0.0
-RUN mkdir -p /conda-envs/0cbf016c4b149d3b4ee34a5ef85c6279
-COPY envs/torch.yaml /conda-envs/0cbf016c4b149d3b4ee34a5ef85c6279/environment.yaml
+#         - skops==0.16.0  # the embedding baselines' saved models
+RUN mkdir -p /conda-envs/8afda69c654fbcdbe2011c980ca1b83b
+COPY envs/torch.yaml /conda-envs/8afda69c654fbcdbe2011c980ca1b83b/environment.yaml
 
-RUN conda env create --prefix /conda-envs/1ab79fab0e2fbc62c59c427521816f7b --file /conda-envs/1ab79fab0e2fbc62c59c427521816f7b/environment.yaml && \
+RUN conda env create --prefix /conda-envs/f3e3f5bf11cbd7381f5901b43e70ab25 --file /conda-envs/f3e3f5bf11cbd7381f5901b43e70ab25/environment.yaml && \
     conda env create --prefix /conda-envs/1220da59dc8758880739f5c1ac6aa194 --file /conda-envs/1220da59dc8758880739f5c1ac6aa194/environment.yaml && \
-    conda env create --prefix /conda-envs/666a003a8289c2c19125f05230b1e03f --file /conda-envs/666a003a8289c2c19125f05230b1e03f/environment.yaml && \
+    conda env create --prefix /conda-envs/b0aa0e5c2eb11141f6973ff93a83000e --file /conda-envs/b0aa0e5c2eb11141f6973ff93a83000e/environment.yaml && \
     conda env create --prefix /conda-envs/14ef36bd051104cab391e532795ca9b8 --file /conda-envs/14ef36bd051104cab391e532795ca9b8/environment.yaml && \
-    conda env create --prefix /conda-envs/0df33cf615c2b94ae376bd0c2dbb83c2 --file /conda-envs/0df33cf615c2b94ae376bd0c2dbb83c2/environment.yaml && \
-    conda env create --prefix /conda-envs/6354d58bac3dd42cf22710ba9f06255c --file /conda-envs/6354d58bac3dd42cf22710ba9f06255c/environment.yaml && \
-    conda env create --prefix /conda-envs/0cbf016c4b149d3b4ee34a5ef85c6279 --file /conda-envs/0cbf016c4b149d3b4ee34a5ef85c6279/environment.yaml && \
+    conda env create --prefix /conda-envs/0e7f2c8157e6009ccd3f5dce827f9e51 --file /conda-envs/0e7f2c8157e6009ccd3f5dce827f9e51/environment.yaml && \
+    conda env create --prefix /conda-envs/cd8f1bccfa1868486563955dc56bf614 --file /conda-envs/cd8f1bccfa1868486563955dc56bf614/environment.yaml && \
+    conda env create --prefix /conda-envs/8afda69c654fbcdbe2011c980ca1b83b --file /conda-envs/8afda69c654fbcdbe2011c980ca1b83b/environment.yaml && \
     conda clean --all -y

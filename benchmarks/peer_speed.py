@@ -22,7 +22,8 @@ import torch
 import yaml
 from snakemake.utils import validate
 
-from sclabel import pipeline, training
+from sclabel import training
+from sclabel.method_stage import method_stage
 from sclabel.peers import import_peer, peer_stage
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -60,9 +61,9 @@ def time_split(workdir: Path, config: dict, split: str, methods: list[str], thre
     row: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
-        row["logreg"] = seconds(lambda: pipeline.baseline_stage(
+        row["logreg"] = seconds(lambda: method_stage(
             "logreg", config["baseline"].get("logreg", {}), config["baseline"]["seed"], h5ad, splits_file, split,
-            str(out / "logreg.tsv")))
+            str(out / "logreg_model"), str(out / "logreg.tsv")))
         row["celltypist"] = seconds(lambda: peer_stage(
             "celltypist", config["peers"]["celltypist"], config["peers"]["seed"], threads,
             config["qc"]["target_sum"], h5ad, splits_file, split, str(out / "celltypist.tsv")))

@@ -16,6 +16,7 @@ from sklearn.metrics import cohen_kappa_score
 
 from sclabel import baselines, metrics, peers, pipeline, store
 from sclabel.errors import InputError
+from sclabel.method_stage import method_stage
 from workflow_helpers import REPO_ROOT, absolute_paths, load_config, planned_jobs, snakemake, write_config
 
 HOLDOUT = "3pv1"  # Symphony's 10x 3' v1 cells, predicted from the 3' v2 and 5' cells
@@ -188,7 +189,8 @@ def test_not_runnable_peer_writes_the_record_and_the_summary_shows_it(shared_dat
     files = []
     for split in ("cv1", "cv2"):
         files.append(tmp_path / f"predictions/logreg/{split}.tsv")
-        pipeline.baseline_stage("logreg", {}, 0, str(combined), str(splits), split, str(files[-1]))
+        method_stage("logreg", {}, 0, str(combined), str(splits), split, str(tmp_path / f"models/logreg/{split}"),
+                     str(files[-1]))
         files.append(tmp_path / f"predictions/celltypist/{split}.tsv")
         peers.peer_stage("celltypist", {}, 0, 1, 10_000, str(combined), str(splits), split, str(files[-1]))
     record = pd.read_csv(files[-1], sep="\t")

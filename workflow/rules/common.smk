@@ -78,8 +78,8 @@ def interpretation_outputs():
 
 
 def model_for_interpretation(wildcards):
-    """A neural method's model trained on all labelled cells (linear baselines and wilcoxon need none)."""
-    if wildcards.method in NEURAL_METHODS:
+    """The model trained on all labelled cells whose genes are ranked (a neural method or linear baseline's)."""
+    if wildcards.method in NEURAL_METHODS or wildcards.method in ("logreg", "logreg_l1"):
         return f"results/models/{wildcards.method}/final"
     return []
 
