@@ -2,7 +2,7 @@
 # writes it; regenerate it whenever an env file changes (tests/test_deployment.py checks the two agree).
 FROM condaforge/miniforge3:latest
 LABEL io.github.snakemake.containerized="true"
-LABEL io.github.snakemake.conda_env_hash="d720c8b30f33e8fd53490377a2186a0c65746784d8e33bb04950cbf99697a32b"
+LABEL io.github.snakemake.conda_env_hash="b06d0a3aa02d5fa7a7b18dd2cbe626540e4756f5103568e2221bda6db348f3dd"
 # Conda environment:
 #   source: envs/celltypist.yaml
 #   prefix: /conda-envs/165e69a81f88c2caacde71708e775f43
@@ -53,7 +53,7 @@ RUN mkdir -p /conda-envs/1220da59dc8758880739f5c1ac6aa194
 COPY envs/data.yaml /conda-envs/1220da59dc8758880739f5c1ac6aa194/environment.yaml
 # Conda environment:
 #   source: envs/interpret.yaml
-#   prefix: /conda-envs/666a003a8289c2c19125f05230b1e03f
+#   prefix: /conda-envs/b0aa0e5c2eb11141f6973ff93a83000e
 #   # interpretation: top genes, enrichment, differential expression, marker recall
 #   channels:
 #     - conda-forge
@@ -75,8 +75,9 @@ COPY envs/data.yaml /conda-envs/1220da59dc8758880739f5c1ac6aa194/environment.yam
 #     - pip=25.3
 #     - pip:
 #         - torch==2.13.0
-RUN mkdir -p /conda-envs/666a003a8289c2c19125f05230b1e03f
-COPY envs/interpret.yaml /conda-envs/666a003a8289c2c19125f05230b1e03f/environment.yaml
+#         - skops==0.16.0  # reads the linear baselines' saved models
+RUN mkdir -p /conda-envs/b0aa0e5c2eb11141f6973ff93a83000e
+COPY envs/interpret.yaml /conda-envs/b0aa0e5c2eb11141f6973ff93a83000e/environment.yaml
 # Conda environment:
 #   source: envs/report.yaml
 #   prefix: /conda-envs/14ef36bd051104cab391e532795ca9b8
@@ -93,7 +94,7 @@ RUN mkdir -p /conda-envs/14ef36bd051104cab391e532795ca9b8
 COPY envs/report.yaml /conda-envs/14ef36bd051104cab391e532795ca9b8/environment.yaml
 # Conda environment:
 #   source: envs/singler.yaml
-#   prefix: /conda-envs/28340d3b41d6eee107d708e2de721b2d
+#   prefix: /conda-envs/5e1aac469224af3a44de4002667f05ff
 #   # SingleR peer: BiocPy's singler (Python bindings of the C++ singlepp) and its BiocPy dependencies, from PyPI wheels
 #   channels:
 #     - conda-forge
@@ -123,12 +124,13 @@ COPY envs/report.yaml /conda-envs/14ef36bd051104cab391e532795ca9b8/environment.y
 #         - mattress==0.4.3
 #         - knncolle==0.3.1
 #         - skops==0.16.0  # imported by sclabel.peers (CellTypist's saved model), which this env runs too
-RUN mkdir -p /conda-envs/28340d3b41d6eee107d708e2de721b2d
-COPY envs/singler.yaml /conda-envs/28340d3b41d6eee107d708e2de721b2d/environment.yaml
+#         - igraph==1.0.0  # scanpy's Leiden when SingleR's final model annotates with majority voting
+RUN mkdir -p /conda-envs/5e1aac469224af3a44de4002667f05ff
+COPY envs/singler.yaml /conda-envs/5e1aac469224af3a44de4002667f05ff/environment.yaml
 # Conda environment:
 #   source: envs/sklearn.yaml
-#   prefix: /conda-envs/6354d58bac3dd42cf22710ba9f06255c
-#   # classical baselines and evaluation (scanpy and tqdm: the shared stage module also reads datasets)
+#   prefix: /conda-envs/1299c6b45a639983788a538e25fe0956
+#   # classical baselines, evaluation, and annotating with a baseline (scanpy, igraph: normalising and majority voting)
 #   channels:
 #     - conda-forge
 #     - nodefaults
@@ -142,11 +144,15 @@ COPY envs/singler.yaml /conda-envs/28340d3b41d6eee107d708e2de721b2d/environment.
 #     - scikit-learn=1.8.0
 #     - scanpy=1.11.5
 #     - tqdm=4.67.1
-RUN mkdir -p /conda-envs/6354d58bac3dd42cf22710ba9f06255c
-COPY envs/sklearn.yaml /conda-envs/6354d58bac3dd42cf22710ba9f06255c/environment.yaml
+#     - skops=0.16.0  # saved baseline models (model.skops; no pickle)
+#     - pip=25.3
+#     - pip:
+#         - igraph==1.0.0  # scanpy's Leiden (annotate.majority_voting), as in envs/torch.yaml
+RUN mkdir -p /conda-envs/1299c6b45a639983788a538e25fe0956
+COPY envs/sklearn.yaml /conda-envs/1299c6b45a639983788a538e25fe0956/environment.yaml
 # Conda environment:
 #   source: envs/torch.yaml
-#   prefix: /conda-envs/0cbf016c4b149d3b4ee34a5ef85c6279
+#   prefix: /conda-envs/8afda69c654fbcdbe2011c980ca1b83b
 #   # pretraining, fine-tuning and annotation (torch from PyPI: the CPU wheel where no GPU is needed; igraph: Leiden of annotate.majority_voting)
 #   channels:
 #     - conda-forge
@@ -165,14 +171,15 @@ COPY envs/sklearn.yaml /conda-envs/6354d58bac3dd42cf22710ba9f06255c/environment.
 #     - pip:
 #         - torch==2.13.0
 #         - igraph==1.0.0
-RUN mkdir -p /conda-envs/0cbf016c4b149d3b4ee34a5ef85c6279
-COPY envs/torch.yaml /conda-envs/0cbf016c4b149d3b4ee34a5ef85c6279/environment.yaml
+#         - skops==0.16.0  # the embedding baselines' saved models
+RUN mkdir -p /conda-envs/8afda69c654fbcdbe2011c980ca1b83b
+COPY envs/torch.yaml /conda-envs/8afda69c654fbcdbe2011c980ca1b83b/environment.yaml
 
 RUN conda env create --prefix /conda-envs/165e69a81f88c2caacde71708e775f43 --file /conda-envs/165e69a81f88c2caacde71708e775f43/environment.yaml && \
     conda env create --prefix /conda-envs/1220da59dc8758880739f5c1ac6aa194 --file /conda-envs/1220da59dc8758880739f5c1ac6aa194/environment.yaml && \
-    conda env create --prefix /conda-envs/666a003a8289c2c19125f05230b1e03f --file /conda-envs/666a003a8289c2c19125f05230b1e03f/environment.yaml && \
+    conda env create --prefix /conda-envs/b0aa0e5c2eb11141f6973ff93a83000e --file /conda-envs/b0aa0e5c2eb11141f6973ff93a83000e/environment.yaml && \
     conda env create --prefix /conda-envs/14ef36bd051104cab391e532795ca9b8 --file /conda-envs/14ef36bd051104cab391e532795ca9b8/environment.yaml && \
-    conda env create --prefix /conda-envs/28340d3b41d6eee107d708e2de721b2d --file /conda-envs/28340d3b41d6eee107d708e2de721b2d/environment.yaml && \
-    conda env create --prefix /conda-envs/6354d58bac3dd42cf22710ba9f06255c --file /conda-envs/6354d58bac3dd42cf22710ba9f06255c/environment.yaml && \
-    conda env create --prefix /conda-envs/0cbf016c4b149d3b4ee34a5ef85c6279 --file /conda-envs/0cbf016c4b149d3b4ee34a5ef85c6279/environment.yaml && \
+    conda env create --prefix /conda-envs/5e1aac469224af3a44de4002667f05ff --file /conda-envs/5e1aac469224af3a44de4002667f05ff/environment.yaml && \
+    conda env create --prefix /conda-envs/1299c6b45a639983788a538e25fe0956 --file /conda-envs/1299c6b45a639983788a538e25fe0956/environment.yaml && \
+    conda env create --prefix /conda-envs/8afda69c654fbcdbe2011c980ca1b83b --file /conda-envs/8afda69c654fbcdbe2011c980ca1b83b/environment.yaml && \
     conda clean --all -y

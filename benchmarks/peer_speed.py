@@ -22,7 +22,7 @@ import torch
 import yaml
 from snakemake.utils import validate
 
-from sclabel import pipeline, training
+from sclabel import training
 from sclabel.annotator import RunContext
 from sclabel.method_stage import method_stage
 from sclabel.peers import import_peer
@@ -62,9 +62,9 @@ def time_split(workdir: Path, config: dict, split: str, methods: list[str], thre
     row: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
-        row["logreg"] = seconds(lambda: pipeline.baseline_stage(
+        row["logreg"] = seconds(lambda: method_stage(
             "logreg", config["baseline"].get("logreg", {}), config["baseline"]["seed"], h5ad, splits_file, split,
-            str(out / "logreg.tsv")))
+            str(out / "logreg_model"), str(out / "logreg.tsv")))
         context = RunContext(threads=threads, target_sum=config["qc"]["target_sum"])
         row["celltypist"] = seconds(lambda: method_stage(
             "celltypist", config["peers"]["celltypist"], config["peers"]["seed"], h5ad, splits_file, split,

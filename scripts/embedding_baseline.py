@@ -1,16 +1,19 @@
-"""Snakemake step: a classical baseline on a split's pretrained embedding."""
+"""Snakemake step: a classical baseline on a split's pretrained embedding; saves the model (with its encoder)."""
 
 import torch
 
+from sclabel.annotator import RunContext
+from sclabel.method_stage import method_stage
 from sclabel.runner import run_step
-from sclabel.training import embedding_baseline_stage
 
 
 def main(sm) -> None:
     torch.set_num_threads(sm.threads)
-    embedding_baseline_stage(sm.wildcards.method, sm.params.settings, sm.params.seed, sm.input.h5ad,
-                             sm.input.splits, sm.wildcards.split, sm.input.encoder, sm.output[0], sm.params.batch_size,
-                             sm.params.store["chunk_cells"])
+    context = RunContext(sm.threads, sm.params.store["chunk_cells"], sm.params.store["buffer_cells"],
+                         sm.params.target_sum)
+    settings = {**sm.params.settings, "encoder_file": sm.input.encoder, "batch_size": sm.params.batch_size}
+    method_stage(sm.wildcards.method, settings, sm.params.seed, sm.input.h5ad, sm.input.splits,
+                 sm.wildcards.get("split", "final"), sm.output.model, sm.output.get("predictions"), context)
 
 
 run_step(snakemake, main)  # noqa: F821 (injected by Snakemake)

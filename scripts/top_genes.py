@@ -8,8 +8,8 @@ from sclabel.runner import run_step
 
 def main(sm) -> None:
     torch.set_num_threads(sm.threads)
-    top_genes_stage(sm.wildcards.method, sm.params.settings, sm.params.seed, sm.input.h5ad, sm.input.splits,
-                    sm.input.model or None, sm.output[0], sm.params.max_cells_per_type, sm.params.chunk_cells)
+    top_genes_stage(sm.wildcards.method, sm.params.seed, sm.input.h5ad, sm.input.model or None, sm.output[0],
+                    sm.params.max_cells_per_type)
 
 
 run_step(snakemake, main)  # noqa: F821 (injected by Snakemake)

@@ -1,23 +1,29 @@
-"""Classical baselines: probability contract, skill over the controls, train-only PCA, L1 sparsity, embeddings."""
+"""Classical baselines: probability contract, skill over the controls, train-only PCA, L1 sparsity, embeddings,
+and their annotator (train + validation cells, skops save / load refusing other versions and types)."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 import anndata as ad
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.sparse as sp
+from sklearn.base import BaseEstimator
 from sklearn.decomposition import PCA
 from sklearn.metrics import f1_score
 from sklearn.model_selection import train_test_split
+from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 from sclabel import baselines
-from sclabel.baselines import BASELINES, EMBEDDING_BASELINES, build_baseline, fit_predict_baseline
+from sclabel.annotator import MANIFEST, LabelledCells, load_annotator
+from sclabel.baselines import BASELINES, EMBEDDING_BASELINES, BaselineAnnotator, build_baseline
 from sclabel.errors import InputError
-from sclabel.store import row_chunks, take_rows
+from sclabel.store import RowView, row_chunks, take_rows
 
 CONTROLS = ("majority", "random")
 PCA_BASELINES = ("knn_pca", "rf_pca", "svm_pca")
@@ -37,6 +43,12 @@ def pbmc(shared_data):
             "E_train": embedding[train], "E_test": embedding[test]}
 
 
+def fit_predict(name, settings, X_train, y_train, X_test, seed):
+    """(test class probabilities, classes) of baseline ``name``'s annotator fitted on the training cells."""
+    model = BaselineAnnotator(name, settings, seed).fit(LabelledCells(X_train, y_train))
+    return model.predict_proba(X_test), model.classes
+
+
 def inputs(data, name):
     if name in EMBEDDING_BASELINES:
         return data["E_train"], data["E_test"]
@@ -50,7 +62,7 @@ def predictions(pbmc):
     with threadpool_limits(limits=1):
         for name in BASELINES:
             X_train, X_test = inputs(pbmc, name)
-            out[name] = fit_predict_baseline(name, FAST.get(name, {}), X_train, pbmc["y_train"], X_test, seed=0)
+            out[name] = fit_predict(name, FAST.get(name, {}), X_train, pbmc["y_train"], X_test, seed=0)
     return out
 
 
@@ -88,8 +100,8 @@ def test_majority_predicts_only_the_most_frequent_training_class(pbmc, predictio
 @pytest.mark.shared_data
 def test_random_is_seeded_uniform_over_classes_and_near_chance(pbmc, predictions):
     probabilities, classes = predictions["random"]
-    again, _ = fit_predict_baseline("random", {}, pbmc["X_train"], pbmc["y_train"], pbmc["X_test"], seed=0)
-    other, _ = fit_predict_baseline("random", {}, pbmc["X_train"], pbmc["y_train"], pbmc["X_test"], seed=1)
+    again, _ = fit_predict("random", {}, pbmc["X_train"], pbmc["y_train"], pbmc["X_test"], seed=0)
+    other, _ = fit_predict("random", {}, pbmc["X_train"], pbmc["y_train"], pbmc["X_test"], seed=1)
     np.testing.assert_array_equal(probabilities, again)
     assert (probabilities.argmax(axis=1) != other.argmax(axis=1)).mean() > 0.5
     assert set(np.unique(probabilities)) == {0.0, 1.0}  # one-hot: the drawn label is the argmax
@@ -110,7 +122,7 @@ def test_pca_is_fitted_on_training_cells_only(pbmc, predictions):
     # a test cell's probabilities do not depend on which other cells are in the test set
     subset = np.arange(0, len(pbmc["y_test"]), 3)
     for name in PCA_BASELINES:
-        alone, _ = fit_predict_baseline(name, {}, pbmc["X_train"], pbmc["y_train"], pbmc["X_test"][subset], seed=0)
+        alone, _ = fit_predict(name, {}, pbmc["X_train"], pbmc["y_train"], pbmc["X_test"][subset], seed=0)
         np.testing.assert_allclose(alone, predictions[name][0][subset], atol=1e-8, err_msg=name)
 
 
@@ -142,11 +154,11 @@ def test_embedding_baselines_standardise_a_dense_embedding(pbmc, predictions):
         assert isinstance(build_baseline(name, {}, 0)[0], StandardScaler), name
     # a rescaled embedding dimension changes nothing once standardised (kNN distances would change otherwise)
     stretched = np.array([1000.0] + [1.0] * (pbmc["E_train"].shape[1] - 1))
-    rescaled, _ = fit_predict_baseline("knn_embedding", {}, pbmc["E_train"] * stretched, pbmc["y_train"],
+    rescaled, _ = fit_predict("knn_embedding", {}, pbmc["E_train"] * stretched, pbmc["y_train"],
                                        pbmc["E_test"] * stretched, seed=0)
     np.testing.assert_allclose(rescaled, predictions["knn_embedding"][0], atol=1e-8)
     with pytest.raises(InputError, match="dense embedding"):
-        fit_predict_baseline("knn_embedding", {}, pbmc["X_train"], pbmc["y_train"], pbmc["X_test"], seed=0)
+        fit_predict("knn_embedding", {}, pbmc["X_train"], pbmc["y_train"], pbmc["X_test"], seed=0)
 
 
 @pytest.fixture
@@ -170,31 +182,31 @@ def test_every_baseline_handles_classes_rarer_than_the_folds(rare_classes, name)
     if name in EMBEDDING_BASELINES:
         X_train, X_test = X_train.toarray(), X_test.toarray()
     settings = {"n_neighbors": 5} if name.startswith("knn") else FAST.get(name, {})
-    probabilities, classes = fit_predict_baseline(name, settings, X_train, y_train, X_test, seed=0)
+    probabilities, classes = fit_predict(name, settings, X_train, y_train, X_test, seed=0)
     assert list(classes) == ["a", "b", "c", "d"]
     assert probabilities.shape == (X_test.shape[0], 4)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-6)  # float32 input
-    again, _ = fit_predict_baseline(name, settings, X_train, y_train, X_test, seed=0)
+    again, _ = fit_predict(name, settings, X_train, y_train, X_test, seed=0)
     np.testing.assert_array_equal(probabilities, again)
 
 
 def test_seed_changes_the_random_forest(rare_classes):
     X_train, y_train, X_test = rare_classes
-    first, _ = fit_predict_baseline("rf_pca", {"n_estimators": 20}, X_train, y_train, X_test, seed=0)
-    second, _ = fit_predict_baseline("rf_pca", {"n_estimators": 20}, X_train, y_train, X_test, seed=1)
+    first, _ = fit_predict("rf_pca", {"n_estimators": 20}, X_train, y_train, X_test, seed=0)
+    second, _ = fit_predict("rf_pca", {"n_estimators": 20}, X_train, y_train, X_test, seed=1)
     assert not np.allclose(first, second)
 
 
 def test_unknown_baseline_or_setting_is_a_one_line_input_error(rare_classes):
     X_train, y_train, X_test = rare_classes
     with pytest.raises(InputError, match="unknown baseline 'xgboost'") as error:
-        fit_predict_baseline("xgboost", {}, X_train, y_train, X_test, seed=0)
+        fit_predict("xgboost", {}, X_train, y_train, X_test, seed=0)
     assert "\n" not in str(error.value) and "logreg_l1" in str(error.value)
     with pytest.raises(InputError, match=r"baseline\.knn_pca\.k: unknown setting") as error:
-        fit_predict_baseline("knn_pca", {"k": 5}, X_train, y_train, X_test, seed=0)
+        fit_predict("knn_pca", {"k": 5}, X_train, y_train, X_test, seed=0)
     assert "\n" not in str(error.value) and "n_neighbors" in str(error.value)
     with pytest.raises(InputError, match="penalty"):
-        fit_predict_baseline("logreg_l1", {"penalty": "l2"}, X_train, y_train, X_test, seed=0)
+        fit_predict("logreg_l1", {"penalty": "l2"}, X_train, y_train, X_test, seed=0)
 
 
 def test_registry_names():
@@ -301,3 +313,99 @@ def test_shuffled_blocks_cover_every_cell_once_per_epoch():
     assert sorted(np.concatenate(buffers).tolist()) == list(range(1000))
     assert all(len(rows) <= 300 for rows in buffers)
     assert not np.array_equal(np.concatenate(buffers), np.arange(1000))  # blocks in random order
+
+
+# ---- the annotator: training + validation cells, saved with skops and loaded back only when safe ----
+
+class NotABaseline(BaseEstimator):
+    """A type no baseline holds (its saved file must be refused)."""
+
+
+def saved(model, folder):
+    model.save(folder)
+    return load_annotator(folder)
+
+
+@pytest.mark.shared_data
+@pytest.mark.parametrize(("name", "settings"), [
+    ("logreg", {}), ("logreg", {"max_nnz": 0}), ("logreg_l1", FAST["logreg_l1"]), ("knn_pca", {}),
+    ("rf_pca", {"n_estimators": 20}), ("svm_pca", {}), ("majority", {}), ("random", {})])
+def test_a_saved_baseline_loads_back_to_the_same_probabilities(pbmc, tmp_path, name, settings):
+    """(The embedding baselines' annotator, which carries its encoder: tests/test_streaming.py.)"""
+    X_train, X_test = inputs(pbmc, name)
+    genes = [f"g{i}" for i in range(X_train.shape[1])]
+    with threadpool_limits(limits=1):
+        model = BaselineAnnotator(name, settings, 0, genes).fit(LabelledCells(X_train, pbmc["y_train"]))
+        loaded = saved(model, tmp_path / name)
+        np.testing.assert_array_equal(loaded.predict_proba(X_test), model.predict_proba(X_test))
+    assert type(loaded) is BaselineAnnotator and loaded.genes == genes
+    np.testing.assert_array_equal(loaded.classes, sorted(set(pbmc["y_train"])))
+    assert sorted(path.name for path in (tmp_path / name).iterdir()) == [MANIFEST, "genes.txt", "model.skops"]
+    if name.startswith("logreg"):
+        pd.testing.assert_frame_equal(loaded.top_genes(), model.top_genes())
+    else:
+        with pytest.raises(NotImplementedError):
+            loaded.top_genes()
+
+
+@pytest.mark.shared_data
+def test_linear_top_genes_are_the_folded_coefficients_of_the_fitted_model(pbmc):
+    from sclabel.ranking import coefficient_top_genes
+
+    genes = [f"g{i}" for i in range(pbmc["X_train"].shape[1])]
+    model = BaselineAnnotator("logreg", {}, 0, genes).fit(LabelledCells(pbmc["X_train"], pbmc["y_train"]))
+    expected = coefficient_top_genes(build_baseline("logreg", {}, 0).fit(pbmc["X_train"], pbmc["y_train"]), genes,
+                                     sorted(set(pbmc["y_train"])))
+    pd.testing.assert_frame_equal(model.top_genes(), expected)
+
+
+@pytest.mark.shared_data
+def test_the_annotator_fits_on_training_and_validation_cells_alike_in_memory_or_from_a_store(pbmc, pbmc_store):
+    train, test = pbmc_store
+    half = len(pbmc["y_train"]) // 2
+    y_first, y_second = pbmc["y_train"][:half], pbmc["y_train"][half:]
+    views = [LabelledCells(take_rows(train, np.arange(half)), y_first),
+             LabelledCells(take_rows(train, np.arange(half, len(pbmc["y_train"]))), y_second)]
+    combined, labels = baselines.training_cells(*views)
+    assert isinstance(combined, RowView) and combined.store is train.store  # nothing read
+    np.testing.assert_array_equal(combined.rows, train.rows)
+    np.testing.assert_array_equal(labels, pbmc["y_train"])
+    from_store = BaselineAnnotator("logreg", {}, 0).fit(*views)
+    in_memory = BaselineAnnotator("logreg", {}, 0).fit(LabelledCells(pbmc["X_train"][:half], y_first),
+                                                      LabelledCells(pbmc["X_train"][half:], y_second))
+    whole = BaselineAnnotator("logreg", {}, 0).fit(LabelledCells(pbmc["X_train"], pbmc["y_train"]))
+    expected = whole.predict_proba(pbmc["X_test"])
+    np.testing.assert_allclose(from_store.predict_proba(test[np.arange(test.shape[0])]), expected, rtol=1e-6,
+                               atol=1e-9)
+    np.testing.assert_allclose(in_memory.predict_proba(pbmc["X_test"]), expected, rtol=1e-6, atol=1e-9)
+
+
+def fitted_logreg(rare_classes, folder):
+    X_train, y_train, _ = rare_classes
+    BaselineAnnotator("logreg", {}, 0, [f"g{i}" for i in range(X_train.shape[1])]).fit(
+        LabelledCells(X_train, y_train)).save(folder)
+    return folder
+
+
+def test_a_model_saved_with_another_scikit_learn_is_refused_in_one_line(rare_classes, tmp_path):
+    folder = fitted_logreg(rare_classes, tmp_path / "logreg")
+    manifest = json.loads((folder / MANIFEST).read_text())
+    assert manifest["version_bound"] == ["scikit-learn"]
+    major, minor = map(int, manifest["versions"]["scikit-learn"].split(".")[:2])
+    manifest["versions"]["scikit-learn"] = f"{major}.{minor + 1}.0"
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(InputError, match=rf"versions\.scikit-learn: saved with scikit-learn {major}\.{minor + 1}"
+                                         ) as error:
+        load_annotator(folder)
+    assert "\n" not in str(error.value)
+
+
+def test_a_model_file_holding_an_unknown_type_is_refused_in_one_line(rare_classes, tmp_path):
+    import skops.io
+
+    folder = fitted_logreg(rare_classes, tmp_path / "logreg")
+    skops.io.dump(make_pipeline(NotABaseline()), folder / "model.skops")
+    with pytest.raises(InputError, match=r"model\.skops: types: holds types no baseline uses \(.*NotABaseline\)"
+                       ) as error:
+        load_annotator(folder)
+    assert "\n" not in str(error.value)

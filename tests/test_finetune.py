@@ -13,7 +13,7 @@ from sklearn.metrics import accuracy_score, f1_score
 from sklearn.model_selection import train_test_split
 
 from sclabel.errors import InputError
-from sclabel.annotate import align_genes
+from sclabel.qc import align_genes
 from sclabel.model import UNASSIGNED, CellTypeAnnotator
 from sclabel.nn.finetune import FinetuneSettings, class_weights, epoch_order
 

@@ -17,18 +17,16 @@ from sklearn.preprocessing import MaxAbsScaler, StandardScaler
 from sclabel.baselines import logistic_regression
 from sclabel.errors import InputError
 from sclabel.interpret import (
-    RANK_COLUMNS,
     RECALL_COLUMNS,
     attention_top_genes,
-    coefficient_top_genes,
     gradient_top_genes,
     load_marker_table,
     marker_recall_curve,
-    rank_table,
 )
 from sclabel.model import UNASSIGNED, CellTypeAnnotator
 from sclabel.nn.finetune import FinetuneSettings
 from sclabel.nn.transformer import softmax_kernel_features
+from sclabel.ranking import RANK_COLUMNS, coefficient_top_genes, rank_table
 
 GENES = [f"g{i}" for i in range(30)]
 LABELS = ["A", "B", "C"]
@@ -345,20 +343,29 @@ def test_labelled_sample_is_every_labelled_cell_below_the_cap_and_capped_per_typ
 
 
 @pytest.mark.shared_data
-def test_linear_top_genes_come_from_the_baseline_fit_on_the_store(symphony_store) -> None:
+def test_linear_top_genes_come_from_the_saved_final_model(symphony_store, tmp_path) -> None:
     from sclabel import splits
     from sclabel.baselines import build_baseline
-    from sclabel.explain import labelled_data, linear_top_genes
-    from sclabel.interpret import coefficient_top_genes
+    from sclabel.explain import TOP_GENE_COLUMNS, labelled_data, top_genes_stage
+    from sclabel.method_stage import method_stage
     from sclabel.pipeline import read_split
 
     combined, splits_file = symphony_store
     adata, labels = labelled_data(str(combined))
     roles = read_split(str(splits_file), splits.FINAL)
-    model = build_baseline("logreg", {}, 0).fit(adata[roles.index].X, labels[roles.index])
+    fit = [*roles.index[roles == splits.TRAIN], *roles.index[roles == splits.VAL]]  # the order the stage fits in
+    model = build_baseline("logreg", {}, 0).fit(adata[fit].X, labels[fit])
     expected = coefficient_top_genes(model, list(adata.var_names), list(model.classes_))
-    table = linear_top_genes("logreg", {}, 0, str(combined), str(splits_file), chunk_cells=100)
-    pd.testing.assert_frame_equal(table.drop(columns="attribution"), expected)
-    streamed = linear_top_genes("logreg", {"max_nnz": 0}, 0, str(combined), str(splits_file), chunk_cells=100)
-    top = streamed[streamed["rank"] <= 20]
-    assert "MS4A1" in set(top.loc[top["cell_type"] == "B", "gene"])  # SGD coefficients still find the B-cell marker
+    for settings in ({}, {"max_nnz": 0}):
+        folder = tmp_path / f"logreg_{len(settings)}"
+        method_stage("logreg", settings, 0, str(combined), str(splits_file), splits.FINAL, str(folder))
+        assert not list(tmp_path.glob("*.tsv"))  # a final model has no test cells to predict
+        top_genes_stage("logreg", 0, str(combined), str(folder), str(tmp_path / "top.tsv"))
+        table = pd.read_csv(tmp_path / "top.tsv", sep="\t")
+        (tmp_path / "top.tsv").unlink()
+        assert list(table.columns) == TOP_GENE_COLUMNS and set(table["attribution"]) == {"coefficient"}
+        if not settings:
+            pd.testing.assert_frame_equal(table.drop(columns=["method", "attribution"]), expected,
+                                          check_dtype=False)
+        top = table[table["rank"] <= 20]
+        assert "MS4A1" in set(top.loc[top["cell_type"] == "B", "gene"])  # SGD coefficients find the B-cell marker too

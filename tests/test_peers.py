@@ -205,7 +205,8 @@ def test_not_runnable_peer_writes_the_record_and_the_summary_shows_it(shared_dat
     files = []
     for split in ("cv1", "cv2"):
         files.append(tmp_path / f"predictions/logreg/{split}.tsv")
-        pipeline.baseline_stage("logreg", {}, 0, str(combined), str(splits), split, str(files[-1]))
+        method_stage("logreg", {}, 0, str(combined), str(splits), split, str(tmp_path / f"models/logreg/{split}"),
+                     str(files[-1]))
         files.append(tmp_path / f"predictions/celltypist/{split}.tsv")
         method_stage("celltypist", {}, 0, str(combined), str(splits), split, str(tmp_path / f"models/{split}"),
                      str(files[-1]))

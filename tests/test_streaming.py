@@ -14,10 +14,14 @@ import torch
 from sklearn.model_selection import train_test_split
 
 from sclabel import io, splits, training
+from sclabel.annotator import LabelledCells, RunContext, load_annotator
+from sclabel.baselines import BaselineAnnotator
+from sclabel.embedding_baselines import EmbeddingBaselineAnnotator
+from sclabel.method_stage import method_stage
 from sclabel.model import CellTypeAnnotator
 from sclabel.nn.encoders import MLPEncoder, predict_batches
 from sclabel.nn.finetune import ClassifierHead, FinetuneSettings, fit_classifier
-from sclabel.pipeline import baseline_on_features, predictions_table, read_split, write_predictions
+from sclabel.pipeline import predictions_table, write_predictions
 from sclabel.store import CellStore, write_store
 
 SETTINGS = FinetuneSettings(epochs=3, batch_size=64, patience=5)
@@ -156,15 +160,27 @@ def test_embedding_baseline_on_the_split_cells_in_chunks_matches_the_whole_matri
     encoder = MLPEncoder(adata.n_vars, out_dim=16).eval()
     training.save_encoder(encoder, "mlp", list(adata.var_names), str(tmp_path / "encoder.pt"))
     roles = pd.Series(np.nan, index=pd.Index(adata.obs_names, name="cell_id"), dtype=object)
-    roles.iloc[symphony["train"]], roles.iloc[symphony["test"]] = splits.TRAIN, splits.TEST  # val cells: not in it
+    roles.iloc[symphony["train"]], roles.iloc[symphony["test"]] = splits.TRAIN, splits.TEST
+    roles.iloc[symphony["val"]] = splits.VAL
     io.write_tsv(roles.rename("cv0").to_frame(), tmp_path / "splits.tsv", index=True)
-    training.embedding_baseline_stage("knn_embedding", {}, 0, str(symphony["path"]), str(tmp_path / "splits.tsv"),
-                                      "cv0", str(tmp_path / "encoder.pt"), str(tmp_path / "streamed.tsv"),
-                                      batch_size=50, chunk_cells=37)
-    # the previous path: the whole matrix in memory, embedded at once
-    baseline_on_features("knn_embedding", {}, 0, predict_batches(encoder, adata.X), adata.obs_names,
-                         adata.obs["cell_type"].astype(str), read_split(str(tmp_path / "splits.tsv"), "cv0"),
-                         str(tmp_path / "memory.tsv"))
-    streamed, memory = (pd.read_csv(tmp_path / f"{name}.tsv", sep="\t") for name in ("streamed", "memory"))
-    assert len(streamed) == len(symphony["test"])
-    pd.testing.assert_frame_equal(streamed, memory, check_exact=False, rtol=1e-5, atol=1e-6)
+    settings = {"encoder_file": str(tmp_path / "encoder.pt"), "batch_size": 50}
+    method_stage("knn_embedding", settings, 0, str(symphony["path"]), str(tmp_path / "splits.tsv"), "cv0",
+                 str(tmp_path / "model"), str(tmp_path / "streamed.tsv"), RunContext(chunk_cells=37, buffer_cells=90))
+    # the whole matrix in memory, embedded at once, the estimator fitted on the train + val cells' embedding
+    embedding, y = predict_batches(encoder, adata.X), symphony["y"]
+    fit = np.concatenate([symphony["train"], symphony["val"]])
+    memory = BaselineAnnotator("knn_embedding", {}, 0).fit(LabelledCells(embedding[fit], y[fit]))
+    streamed = pd.read_csv(tmp_path / "streamed.tsv", sep="\t").set_index("cell_id")
+    test_ids = adata.obs_names[symphony["test"]]
+    assert sorted(streamed.index) == sorted(test_ids)
+    expected = memory.predict_proba(embedding[symphony["test"]])
+    proba = streamed.loc[test_ids, [f"proba:{c}" for c in memory.classes]].to_numpy()
+    np.testing.assert_allclose(proba, expected, rtol=1e-5, atol=1e-6)
+    # the saved model carries its encoder (weights only) and predicts expression on its own, as fitted
+    loaded = load_annotator(tmp_path / "model")
+    assert isinstance(loaded, EmbeddingBaselineAnnotator)
+    assert set(torch.load(tmp_path / "model" / "encoder.pt", weights_only=True)) == {"kind", "hparams", "genes",
+                                                                                     "state"}
+    X_test = adata.X[symphony["test"]]
+    np.testing.assert_allclose(loaded.embed(X_test), embedding[symphony["test"]], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(loaded.predict_proba(X_test), expected, rtol=1e-5, atol=1e-6)

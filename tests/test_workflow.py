@@ -99,17 +99,18 @@ def test_nothing_to_do_after_a_complete_run(default_run):
 
 REPORT = {"evaluate": 1, "report_figures": 1, "all": 1}
 NEURAL_ALL = {"pretrain": 6, "finetune": 10, "train_final": 2}
+BASELINE_ALL = {"baseline": 5, "baseline_final": 1}  # the final logreg model is the one top_genes ranks
 
 
 @pytest.mark.parametrize(
     ("block", "key", "value", "expected"),
     [
-        ("baseline", "logreg", {"C": 0.5}, {"baseline": 5, "top_genes": 1, **REPORT}),
+        ("baseline", "logreg", {"C": 0.5}, {**BASELINE_ALL, "top_genes": 1, **REPORT}),
         ("finetune", "lr", 0.002, {"finetune": 10, "train_final": 2, "top_genes": 2, **REPORT}),
         ("pretrain", "seed", 3, {"pretrain": 6, "finetune": 5, "train_final": 1, "top_genes": 1, **REPORT}),
         ("evaluate", "unassigned_threshold", 0.5, REPORT),
-        ("split", "seed", 1, {"split": 1, "baseline": 5, **NEURAL_ALL, "top_genes": 4, **REPORT}),
-        ("qc", "min_genes", 150, {"qc": 1, "harmonise": 1, "split": 1, "baseline": 5, **NEURAL_ALL, "top_genes": 4,
+        ("split", "seed", 1, {"split": 1, **BASELINE_ALL, **NEURAL_ALL, "top_genes": 4, **REPORT}),
+        ("qc", "min_genes", 150, {"qc": 1, "harmonise": 1, "split": 1, **BASELINE_ALL, **NEURAL_ALL, "top_genes": 4,
                                    **REPORT}),
     ],
 )

@@ -13,34 +13,12 @@ from typing import Any
 import anndata as ad
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 
 from sclabel import io, qc, voting
 from sclabel.annotator import Annotator, load_annotator, predicted_labels
-from sclabel.errors import InputError
-from sclabel.store import DEFAULT_CHUNK_CELLS, Matrix
+from sclabel.store import DEFAULT_CHUNK_CELLS
 
 log = logging.getLogger("sclabel")
-
-
-def align_genes(data: ad.AnnData | tuple[Matrix, Sequence[str]], model_genes: Sequence[str],
-                min_overlap: float = 0.5, source: str = "input") -> tuple[Matrix, float]:
-    """Reorder the columns of an AnnData (or ``(X, genes)``) to ``model_genes``, zero-filling missing genes.
-
-    Returns the aligned matrix (sparse stays sparse) and the fraction of model genes found; raises
-    InputError naming ``source`` when that fraction is below ``min_overlap``.
-    """
-    X, genes = (data.X, data.var_names) if isinstance(data, ad.AnnData) else data
-    selector, found = qc.gene_selector(genes, model_genes)
-    overlap = found / len(model_genes)
-    if overlap < min_overlap:
-        raise InputError(source, "genes", f"only {found} of {len(model_genes)} model genes ({overlap:.0%}) "
-                         f"are present, below the minimum {min_overlap:.0%}",
-                         "use data with the model's gene symbols (same species and naming) or a model "
-                         "trained on these genes")
-    aligned = X @ selector
-    aligned = sp.csr_matrix(aligned, dtype=np.float32) if sp.issparse(aligned) else np.asarray(aligned, np.float32)
-    return aligned, overlap
 
 
 def annotate_cells(model: Annotator, query: ad.AnnData, settings: Mapping[str, Any], target_sum: float,
@@ -53,12 +31,12 @@ def annotate_cells(model: Annotator, query: ad.AnnData, settings: Mapping[str, A
     ``unassigned`` when its rejection score exceeds 1 - ``annotate.threshold``.
     """
     source = query.uns["sclabel"]["source"]
-    _, overlap = align_genes((query.X[:0], query.var_names), model.genes, settings["min_gene_overlap"], source=source)
+    _, overlap = qc.align_genes((query.X[:0], query.var_names), model.genes, settings["min_gene_overlap"], source=source)
     log.info("%s: %d of %d model genes present (%.0f%%); missing genes are zero-filled", source,
              round(overlap * len(model.genes)), len(model.genes), 100 * overlap)
     predicted, confidence, rejection, embedding = [], [], [], []
     for start in range(0, query.n_obs, chunk_cells):
-        X, _ = align_genes(qc.normalise(query[start:start + chunk_cells].copy(), target_sum), model.genes, 0.0)
+        X, _ = qc.align_genes(qc.normalise(query[start:start + chunk_cells].copy(), target_sum), model.genes, 0.0)
         if model.preprocessing.get("renormalise"):
             X = qc.renormalised(X, target_sum)
         probabilities = model.predict_proba(X)

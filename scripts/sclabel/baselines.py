@@ -1,8 +1,12 @@
 """Classical baselines trained per split on the training cells only.
 
 Every baseline is a scikit-learn estimator built from a per-baseline settings dict (missing keys take the defaults
-below, unknown keys are refused) and an explicit seed. ``fit_predict_baseline`` fits it on the training cells and
-returns class probabilities for the test cells, columns in the order of ``classes`` (the sorted training classes).
+below, unknown keys are refused) and an explicit seed. ``BaselineAnnotator`` is the ``sclabel.annotator.Annotator``
+of every baseline: it fits the estimator on a split's training and validation cells together (no baseline stops
+early), gives class probabilities in the order of ``classes`` (the sorted training classes), and saves the fitted
+estimator with skops (``model.skops``), loaded back only with the types of ``TRUSTED_TYPES``. The embedding
+baselines' annotator, which also embeds cells with a pretrained encoder, is ``sclabel.embedding_baselines``'s
+(torch).
 
 Registry (``BASELINES``; settings and defaults in brackets):
 
@@ -50,9 +54,11 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin
 from sklearn.calibration import CalibratedClassifierCV
@@ -68,7 +74,10 @@ from sklearn.svm import SVC
 from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.validation import check_is_fitted
 
+from sclabel import registry
+from sclabel.annotator import Annotator, LabelledCells
 from sclabel.errors import InputError
+from sclabel.ranking import coefficient_top_genes
 from sclabel.store import DEFAULT_CHUNK_CELLS, RowView, in_memory, row_chunks, take_rows
 
 log = logging.getLogger("sclabel")
@@ -352,7 +361,7 @@ BASELINES: dict[str, Baseline] = {
     "majority": Baseline({}, lambda settings, seed: DummyClassifier(strategy="most_frequent")),
     "random": Baseline({}, lambda settings, seed: RandomLabelClassifier(random_state=seed)),
 }
-EMBEDDING_BASELINES = ("knn_embedding", "rf_embedding", "svm_embedding")
+EMBEDDING_BASELINES = tuple(registry.names("embedding_baseline"))
 
 
 def resolve_settings(name: str, settings: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -384,11 +393,81 @@ def fit_baseline(name: str, settings: Mapping[str, Any] | None, X_train: Any, y_
     return baseline.fit(baseline.build(resolved, seed), resolved, X_train, np.asarray(y_train), seed, chunk_cells)
 
 
-def fit_predict_baseline(name: str, settings: Mapping[str, Any], X_train: Any, y_train: np.ndarray, X_test: Any,
-                         seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Train baseline ``name`` on the training cells; return (test class probabilities, sorted class names)."""
-    if name in EMBEDDING_BASELINES and sp.issparse(X_test):
-        raise InputError("training data", "X", f"{name} takes a dense embedding, got a sparse matrix",
-                         "pass the cells' embedding (cells x dimensions), or use the *_pca baseline on expression")
-    model = fit_baseline(name, settings, X_train, y_train, seed)
-    return np.asarray(model.predict_proba(X_test), dtype=float), np.asarray(model.classes_)
+MODEL_FILE = "model.skops"
+# every type a fitted baseline holds beyond those skops trusts by default (tests/test_baselines.py checks the list)
+TRUSTED_TYPES = (
+    "sclabel.baselines.CalibratedSVM", "sclabel.baselines.RandomLabelClassifier", "sclabel.baselines.TrainingPCA",
+    "sklearn.calibration._CalibratedClassifier", "sklearn.calibration._SigmoidCalibration",
+    "sklearn.metrics._dist_metrics.EuclideanDistance32", "sklearn.metrics._dist_metrics.EuclideanDistance64",
+    "sklearn.neighbors._ball_tree.BallTree", "sklearn.neighbors._kd_tree.KDTree", "sklearn.tree._tree.Tree",
+)
+
+
+def save_estimator(model: BaseEstimator, path: Path) -> None:
+    """Write a fitted estimator with skops (no pickle)."""
+    import skops.io
+
+    skops.io.dump(model, path)
+
+
+def load_estimator(path: Path) -> BaseEstimator:
+    """A skops-saved baseline estimator; a one-line InputError when the file holds a type outside ``TRUSTED_TYPES``."""
+    import skops.io
+
+    unexpected = sorted(set(skops.io.get_untrusted_types(file=path)) - set(TRUSTED_TYPES))
+    if unexpected:
+        raise InputError(path, "types", f"holds types no baseline uses ({', '.join(unexpected)})",
+                         "load only models the workflow saved, or retrain it")
+    return skops.io.load(path, trusted=list(TRUSTED_TYPES))
+
+
+def training_cells(train: LabelledCells, validation: LabelledCells | None) -> tuple[Any, np.ndarray]:
+    """Training and validation cells as one matrix (two views of one store stay unread) and their labels."""
+    if validation is None or not len(validation.labels):
+        return train.X, np.asarray(train.labels)
+    labels = np.concatenate([np.asarray(train.labels), np.asarray(validation.labels)])
+    if isinstance(train.X, RowView) and isinstance(validation.X, RowView) and train.X.store is validation.X.store:
+        return RowView(train.X.store, np.concatenate([train.X.rows, validation.X.rows])), labels
+    parts = [in_memory(train.X), in_memory(validation.X)]
+    return (sp.vstack(parts, format="csr") if any(map(sp.issparse, parts)) else np.vstack(parts)), labels
+
+
+class BaselineAnnotator(Annotator):
+    """A classical baseline (``BASELINES``) as an annotator: fitted on training + validation cells, saved with skops."""
+
+    version_bound: ClassVar[tuple[str, ...]] = ("scikit-learn",)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.model: BaseEstimator | None = None
+
+    def estimator_settings(self) -> dict[str, Any]:
+        """The settings of the estimator itself (``BASELINES[method].defaults`` keys)."""
+        return self.settings
+
+    def features(self, X: Any) -> Any:
+        """What the estimator is fitted on and predicts from: the cells' expression itself."""
+        return X
+
+    def fit(self, train: LabelledCells, validation: LabelledCells | None = None) -> BaselineAnnotator:
+        X, labels = training_cells(train, validation)
+        self.model = fit_baseline(self.method, self.estimator_settings(), self.features(X), labels, self.seed,
+                                  self.context.chunk_cells)
+        self.classes = np.asarray(self.model.classes_).astype(str)
+        return self
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        return np.asarray(self.model.predict_proba(in_memory(self.features(X))), dtype=float)
+
+    def top_genes(self) -> pd.DataFrame:
+        """Per-class coefficients (MaxAbsScaler folded in) of the linear baselines; others rank no genes."""
+        if registry.get(self.method).explains != "coefficients":
+            return super().top_genes()
+        return coefficient_top_genes(self.model, self.genes, list(self.classes))
+
+    def save_arrays(self, folder: Path) -> dict[str, Any]:
+        save_estimator(self.model, folder / MODEL_FILE)
+        return {"model": MODEL_FILE}
+
+    def load_arrays(self, folder: Path, meta: Mapping[str, Any]) -> None:
+        self.model = load_estimator(folder / meta["model"])

@@ -1,9 +1,9 @@
 """Interpretation stages: top genes per cell type, enrichment, differential expression, marker recall.
 
-Top genes read the combined matrix as a ``CellStore``, by rows: the linear baselines' coefficients come from the
-baseline code itself (``baselines.fit_baseline`` on the final split's cells, streamed SGD above its threshold), and
-Wilcoxon and the neural attributions use a seeded sample of at most ``max_cells_per_type`` labelled cells per cell
-type (all cells of a smaller type, so small data give the full-data result).
+Top genes: the linear baselines' coefficients come from their saved final model (``BaselineAnnotator.top_genes``;
+rule baseline_final trains it on the final split's cells, streamed SGD above its threshold). Wilcoxon and the neural
+attributions read the combined matrix as a ``CellStore``, by rows: a seeded sample of at most ``max_cells_per_type``
+labelled cells per cell type (all cells of a smaller type, so small data give the full-data result).
 """
 
 from __future__ import annotations
@@ -18,13 +18,12 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from sclabel import baselines, io, splits
-from sclabel.pipeline import labelled_cells, read_split
+from sclabel import baselines, io, registry
+from sclabel.pipeline import labelled_cells
 from sclabel.plots import save_figure
 from sclabel.store import DEFAULT_CHUNK_CELLS, CellStore
 
 log = logging.getLogger("sclabel")
-LINEAR_BASELINES = ("logreg", "logreg_l1")
 TOP_GENE_COLUMNS = ["method", "attribution", "cell_type", "gene", "score", "rank"]
 DEFAULT_MAX_CELLS_PER_TYPE = 2_000
 
@@ -48,24 +47,17 @@ def labelled_sample(input_h5ad: str, max_cells_per_type: int, seed: int) -> tupl
     return adata, labels.iloc[keep]
 
 
-def linear_top_genes(method: str, settings: Mapping[str, Any], seed: int, input_h5ad: str, splits_file: str,
-                     chunk_cells: int = DEFAULT_CHUNK_CELLS) -> pd.DataFrame:
-    """Coefficients of a linear baseline trained on all labelled cells (the final split's train + val)."""
-    from sclabel.interpret import coefficient_top_genes
+def linear_top_genes(model_dir: str) -> pd.DataFrame:
+    """Coefficients of a linear baseline's saved final model (trained on the final split's train + val cells)."""
+    from sclabel.annotator import load_annotator
 
-    roles = read_split(splits_file, splits.FINAL)
-    with CellStore(input_h5ad) as store:
-        labels = store.obs.loc[roles.index, "cell_type"].astype(str).to_numpy()
-        model = baselines.fit_baseline(method, settings, store.view(store.rows_of(roles.index)), labels, seed,
-                                       chunk_cells)
-        genes = list(store.var_names)
-    return coefficient_top_genes(model, genes, list(model.classes_)).assign(attribution="coefficient")
+    return load_annotator(model_dir).top_genes().assign(attribution="coefficient")
 
 
 def neural_top_genes(model_dir: str, adata: ad.AnnData, source: str) -> pd.DataFrame:
     """Attention (transformer) or gradient × input (MLP) averaged over the cells the model predicts as each type."""
     from sclabel.interpret import attention_top_genes, gradient_top_genes
-    from sclabel.annotate import align_genes
+    from sclabel.qc import align_genes
     from sclabel.model import CellTypeAnnotator
 
     model = CellTypeAnnotator.load(model_dir)
@@ -76,18 +68,17 @@ def neural_top_genes(model_dir: str, adata: ad.AnnData, source: str) -> pd.DataF
     return gradient_top_genes(model, X, predicted, progress=False).assign(attribution="gradient_x_input")
 
 
-def top_genes_stage(method: str, settings: Mapping[str, Any], seed: int, input_h5ad: str, splits_file: str,
-                    model_dir: str | None, output: str, max_cells_per_type: int = DEFAULT_MAX_CELLS_PER_TYPE,
-                    chunk_cells: int = DEFAULT_CHUNK_CELLS) -> None:
-    """Rank genes per cell type for one method and write the tidy table."""
-    if method in LINEAR_BASELINES:
-        ranking = linear_top_genes(method, settings, seed, input_h5ad, splits_file, chunk_cells)
-    elif method == "wilcoxon":
+def top_genes_stage(method: str, seed: int, input_h5ad: str, model_dir: str | None, output: str,
+                    max_cells_per_type: int = DEFAULT_MAX_CELLS_PER_TYPE) -> None:
+    """Rank genes per cell type for one method and write the tidy table (linear and neural: from its final model)."""
+    if method == "wilcoxon":
         from sclabel.de import wilcoxon_ranking
 
         adata, labels = labelled_sample(input_h5ad, max_cells_per_type, seed)
         adata.obs["cell_type"] = labels.to_numpy()
         ranking = wilcoxon_ranking(adata).assign(attribution="wilcoxon")
+    elif registry.get(method).explains == "coefficients":
+        ranking = linear_top_genes(model_dir)
     else:
         adata, _ = labelled_sample(input_h5ad, max_cells_per_type, seed)
         ranking = neural_top_genes(model_dir, adata, input_h5ad)

@@ -1,6 +1,6 @@
 """Which genes drive each predicted cell type, and how many known markers those genes recover.
 
-Three gene rankings, all returned as the same tidy table (``RANK_COLUMNS``: ``cell_type, gene, score, rank``,
+Three gene rankings, all returned as the same tidy table (``sclabel.ranking.RANK_COLUMNS``: ``cell_type, gene, score, rank``,
 rank 1 = highest score within the cell type, ties broken by gene order):
 
 * ``attention_top_genes`` (transformer encoders; scBERT's attention sum): per cell, the attention each gene
@@ -12,9 +12,8 @@ rank 1 = highest score within the cell type, ties broken by gene order):
   when the gene is set to 0). Binning makes the transformer's logit piecewise constant in expression, so there
   the input is each gene's bin embedding and the baseline the embedding of bin 0 (not detected): the score is
   ``grad · (bin_embedding[bin] - bin_embedding[0])``, the same first-order estimate, 0 for undetected genes.
-* ``coefficient_top_genes`` (linear baselines): logistic-regression coefficients per class. A ``MaxAbsScaler``
-  in front of the model is folded in (``coef / max_abs``), so scores are per unit of log expression as the user
-  sees it rather than per unit of scaled expression, which would favour rarely and weakly expressed genes.
+* ``sclabel.ranking.coefficient_top_genes`` (linear baselines, torch-free so the baselines' env ranks its own
+  models): logistic-regression coefficients per class, ``MaxAbsScaler`` folded in.
 
 Cells labelled ``unassigned`` (below a confidence threshold) are left out of the per-type averages; a cell type
 with no predicted cell gets no rows.
@@ -33,9 +32,6 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.base import BaseEstimator
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import MaxAbsScaler
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
@@ -44,8 +40,8 @@ from sclabel.errors import InputError
 from sclabel.model import UNASSIGNED, CellTypeAnnotator
 from sclabel.nn.encoders import Matrix, dense_batch, iterate_minibatches
 from sclabel.nn.transformer import GeneTransformerEncoder
+from sclabel.ranking import rank_table
 
-RANK_COLUMNS = ("cell_type", "gene", "score", "rank")
 RECALL_COLUMNS = ("cell_type", "marker_set", "k", "recovered", "n_markers", "recall")
 MARKER_COLUMNS = ("species", "official gene symbol", "cell type", "canonical marker")
 SPECIES = ("Hs", "Mm")
@@ -135,31 +131,6 @@ def gradient_top_genes(model: CellTypeAnnotator, X: Matrix, predicted: Sequence[
     """Mean gradient × input of the predicted-class logit over the cells predicted as each type (any encoder)."""
     return _mean_per_type(model, X, predicted, batch_size, lambda x, codes: _gradient_times_input(model, x, codes),
                           "gradient x input", progress)
-
-
-def _linear_coefficients(estimator_or_coefs: object, classes: Sequence[str]) -> np.ndarray:
-    """[classes × genes] coefficients per unit of input: scalers folded in, a binary model's row expanded."""
-    estimator, scale = estimator_or_coefs, 1.0
-    if isinstance(estimator, Pipeline):
-        for name, step in estimator.steps[:-1]:
-            if not isinstance(step, MaxAbsScaler):
-                raise ValueError(f"pipeline step {name!r} is a {type(step).__name__}; only MaxAbsScaler steps can "
-                                 "be folded into the coefficients")
-            scale = scale * step.scale_
-        estimator = estimator.steps[-1][1]
-    if isinstance(estimator, BaseEstimator) and not hasattr(estimator, "coef_"):
-        raise ValueError(f"{type(estimator).__name__} has no coef_; pass a fitted linear model or a coefficient array")
-    if hasattr(estimator, "classes_") and [str(c) for c in estimator.classes_] != [str(c) for c in classes]:
-        raise ValueError(f"classes {list(classes)} differ from the estimator's {list(estimator.classes_)}")
-    coefs = np.atleast_2d(np.asarray(getattr(estimator, "coef_", estimator), dtype=np.float64)) / scale
-    if coefs.shape[0] == 1 and len(classes) == 2:  # sklearn's binary model: the row is the log-odds of classes[1]
-        coefs = np.vstack([-coefs, coefs])
-    return coefs
-
-
-def coefficient_top_genes(estimator_or_coefs: object, genes: Sequence[str], classes: Sequence[str]) -> pd.DataFrame:
-    """Per-class coefficients of a fitted linear model (or a [classes × genes] array), MaxAbsScaler folded in."""
-    return rank_table(_linear_coefficients(estimator_or_coefs, classes), classes, genes)
 
 
 def load_marker_table(path: str | os.PathLike[str], species: str = "Hs",

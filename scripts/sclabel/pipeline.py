@@ -11,7 +11,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from sclabel import baselines, datasets, io, metrics, qc, splits, store
+from sclabel import datasets, io, metrics, qc, splits, store
 
 log = logging.getLogger("sclabel")
 
@@ -113,29 +113,6 @@ def predict_split(method: str, fit: Fit, features: Any, cell_ids: pd.Index, labe
     write_predictions(parts(), classes, output)
     log.info("%s: %d training cells, %d test cells, accuracy %.3f", method, len(fit_ids), len(test_ids),
              float(np.mean(np.concatenate(hits))) if hits else float("nan"))
-
-
-def baseline_on_features(method: str, settings: Mapping[str, Any], seed: int, features: Any, cell_ids: pd.Index,
-                         labels: pd.Series, roles: pd.Series, output: str,
-                         chunk_cells: int = store.DEFAULT_CHUNK_CELLS) -> None:
-    """Fit a baseline on the split's train + val cells of ``features`` (rows = ``cell_ids``) and predict its test cells."""
-
-    def fit(X: Any, y: np.ndarray) -> tuple[Callable[[Any], np.ndarray], np.ndarray]:
-        model = baselines.fit_baseline(method, settings, X, y, seed, chunk_cells)
-        return lambda chunk: np.asarray(model.predict_proba(chunk), dtype=float), np.asarray(model.classes_)
-
-    predict_split(method, fit, features, cell_ids, labels, roles, output, chunk_cells)
-
-
-def baseline_stage(method: str, settings: Mapping[str, Any], seed: int, input_h5ad: str, splits_file: str,
-                   split: str, output: str, chunk_cells: int = store.DEFAULT_CHUNK_CELLS) -> None:
-    """Train a classical baseline on the normalised matrix of the split's training cells; predict its test cells.
-
-    The matrix is opened as a ``CellStore``: only the split's train + val and test rows are read.
-    """
-    with store.CellStore(input_h5ad) as cells:
-        baseline_on_features(method, settings, seed, cells.view(), cells.obs_names,
-                             cells.obs["cell_type"].astype(str), read_split(splits_file, split), output, chunk_cells)
 
 
 def predictions_table(cell_ids: pd.Index, y_true: np.ndarray, probabilities: np.ndarray,

@@ -13,7 +13,7 @@ import scipy.sparse as sp
 
 from sclabel.datasets import subset_obs
 from sclabel.errors import InputError
-from sclabel.store import DEFAULT_CHUNK_CELLS, CellStore, RowWriter
+from sclabel.store import DEFAULT_CHUNK_CELLS, CellStore, Matrix, RowWriter
 
 
 NORMALISED = "log1p_cp10k"
@@ -309,3 +309,23 @@ def harmonise_stores(inputs: Sequence[str | Path], names: Sequence[str], join: s
     finally:
         for store in stores:
             store.close()
+
+
+def align_genes(data: ad.AnnData | tuple[Matrix, Sequence[str]], model_genes: Sequence[str],
+                min_overlap: float = 0.5, source: str = "input") -> tuple[Matrix, float]:
+    """Reorder the columns of an AnnData (or ``(X, genes)``) to ``model_genes``, zero-filling missing genes.
+
+    Returns the aligned matrix (sparse stays sparse) and the fraction of model genes found; raises
+    InputError naming ``source`` when that fraction is below ``min_overlap``.
+    """
+    X, genes = (data.X, data.var_names) if isinstance(data, ad.AnnData) else data
+    selector, found = gene_selector(genes, model_genes)
+    overlap = found / len(model_genes)
+    if overlap < min_overlap:
+        raise InputError(source, "genes", f"only {found} of {len(model_genes)} model genes ({overlap:.0%}) "
+                         f"are present, below the minimum {min_overlap:.0%}",
+                         "use data with the model's gene symbols (same species and naming) or a model "
+                         "trained on these genes")
+    aligned = X @ selector
+    aligned = sp.csr_matrix(aligned, dtype=np.float32) if sp.issparse(aligned) else np.asarray(aligned, np.float32)
+    return aligned, overlap

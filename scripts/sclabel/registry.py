@@ -65,8 +65,8 @@ def _baseline(name: str, description: str, family: str = "baseline", explains: s
 
 
 def _embedding_baseline(name: str, description: str, at_scale: str) -> Method:
-    return Method(name, "embedding_baseline", "sclabel.baselines:BaselineAnnotator", "torch", f"baseline.{name}",
-                  description, at_scale=at_scale)
+    return Method(name, "embedding_baseline", "sclabel.embedding_baselines:EmbeddingBaselineAnnotator", "torch",
+                  f"baseline.{name}", description, at_scale=at_scale)
 
 
 def _neural(pretrain: str | None, encoder: str) -> Method:

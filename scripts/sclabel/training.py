@@ -19,9 +19,9 @@ import torch
 from sclabel import io, registry, splits
 from sclabel.errors import InputError
 from sclabel.model import CellTypeAnnotator
-from sclabel.nn.encoders import build_encoder, pick_device, predict_batches, seed_everything
+from sclabel.nn.encoders import build_encoder, pick_device, seed_everything
 from sclabel.nn.finetune import FinetuneSettings
-from sclabel.pipeline import baseline_on_features, read_split, write_predictions
+from sclabel.pipeline import read_split, write_predictions
 from sclabel.store import DEFAULT_BUFFER_CELLS, DEFAULT_CHUNK_CELLS, CellStore
 
 log = logging.getLogger("sclabel")
@@ -93,10 +93,9 @@ def read_encoder_file(path: str, genes: Sequence[str]) -> dict[str, Any]:
     return payload
 
 
-def load_encoder(path: str, genes: Sequence[str]) -> torch.nn.Module:
-    """A pretrained encoder rebuilt from its file, in eval mode."""
-    payload = read_encoder_file(path, genes)
-    encoder = build_encoder(payload["kind"], len(genes), json.loads(payload["hparams"]))
+def encoder_from_payload(payload: Mapping[str, Any], n_genes: int) -> torch.nn.Module:
+    """The encoder an encoder file's contents describe, in eval mode."""
+    encoder = build_encoder(payload["kind"], n_genes, json.loads(payload["hparams"]))
     encoder.load_state_dict(payload["state"])
     return encoder.eval()
 
@@ -145,21 +144,6 @@ def pretrain_stage(pretrain: str, encoder_kind: str, encoder_hparams: Mapping[st
     log.info("pretraining loss per epoch: %s", [round(v, 4) for v in history["loss"]])
     io.write_text(json.dumps(history, indent=1, default=str), output_history)
     save_encoder(encoder, encoder_kind, genes, output_encoder)
-
-
-def embedding_baseline_stage(method: str, settings: Mapping[str, Any], seed: int, input_h5ad: str,
-                             splits_file: str, split: str, encoder_file: str, output: str, batch_size: int,
-                             chunk_cells: int) -> None:
-    """A classical baseline on the split's pretrained embedding (scPretrain's evaluation of its encoder).
-
-    Only the split's cells are read and embedded, ``chunk_cells`` at a time, ``batch_size`` per forward pass.
-    """
-    roles = read_split(splits_file, split)
-    with CellStore(input_h5ad) as store:
-        encoder = load_encoder(encoder_file, list(store.var_names))
-        embedding = predict_batches(encoder, store.view(store.rows_of(roles.index)), batch_size, chunk_cells)
-        labels = store.obs["cell_type"].astype(str)
-    baseline_on_features(method, settings, seed, embedding, roles.index, labels, roles, output)
 
 
 def checkpoint_folder(root: str, params: Mapping[str, Any]) -> Path:

@@ -1,16 +1,32 @@
+# Classical baselines and controls (sclabel.baselines) and classical classifiers on a pretrained embedding
+# (sclabel.embedding_baselines), each run through sclabel.method_stage: the fitted model is saved under
+# results/models/{method}/{split} (skops, no pickle); CV / LODO splits also write test predictions. The final
+# models (trained on the final split's train + val cells) are what interpretation reads.
+BASELINE_PARAMS = {
+    "settings": lambda wildcards: config["baseline"].get(wildcards.method, {}),
+    "seed": config["baseline"]["seed"],
+    "store": config["store"],
+    "target_sum": config["qc"]["target_sum"],
+}
+EMBEDDING = config["baseline"]["embedding"]
+EMBEDDING_PARAMS = {
+    **BASELINE_PARAMS,
+    "batch_size": config["pretrain"][EMBEDDING.split("+")[0]]["batch_size"],
+}
+
+
 rule baseline:
     input:
         h5ad="results/data/combined.h5ad",
         splits="results/splits/splits.tsv",
     output:
-        "results/predictions/{method}/{split}.tsv",
+        model=directory("results/models/{method}/{split}"),
+        predictions="results/predictions/{method}/{split}.tsv",
     wildcard_constraints:
         method=one_of(PLAIN_BASELINES),
         split=r"cv[0-9]+|lodo_[A-Za-z0-9_-]+",
     params:
-        settings=lambda wildcards: config["baseline"].get(wildcards.method, {}),
-        seed=config["baseline"]["seed"],
-        chunk_cells=config["store"]["chunk_cells"],
+        **BASELINE_PARAMS,
     log:
         "results/logs/baseline/{method}/{split}.log",
     benchmark:
@@ -22,25 +38,66 @@ rule baseline:
         "../../scripts/baseline.py"
 
 
+rule baseline_final:
+    input:
+        h5ad="results/data/combined.h5ad",
+        splits="results/splits/splits.tsv",
+    output:
+        model=directory("results/models/{method}/final"),
+    wildcard_constraints:
+        method=one_of(PLAIN_BASELINES),
+    params:
+        **BASELINE_PARAMS,
+    log:
+        "results/logs/baseline/{method}/final.log",
+    benchmark:
+        "results/benchmarks/baseline/{method}/final.tsv"
+    threads: 1
+    conda:
+        "../../envs/sklearn.yaml"
+    script:
+        "../../scripts/baseline.py"
+
+
 rule embedding_baseline:
     input:
         h5ad="results/data/combined.h5ad",
         splits="results/splits/splits.tsv",
-        encoder=f"results/pretrain/{config['baseline']['embedding']}/{{split}}/encoder.pt",
+        encoder=f"results/pretrain/{EMBEDDING}/{{split}}/encoder.pt",
     output:
-        "results/predictions/{method}/{split}.tsv",
+        model=directory("results/models/{method}/{split}"),
+        predictions="results/predictions/{method}/{split}.tsv",
     wildcard_constraints:
         method=one_of(EMBEDDING_BASELINES),
         split=r"cv[0-9]+|lodo_[A-Za-z0-9_-]+",
     params:
-        settings=lambda wildcards: config["baseline"].get(wildcards.method, {}),
-        seed=config["baseline"]["seed"],
-        batch_size=config["pretrain"][config["baseline"]["embedding"].split("+")[0]]["batch_size"],
-        store=config["store"],
+        **EMBEDDING_PARAMS,
     log:
         "results/logs/baseline/{method}/{split}.log",
     benchmark:
         "results/benchmarks/baseline/{method}/{split}.tsv"
+    threads: 1
+    conda:
+        "../../envs/torch.yaml"
+    script:
+        "../../scripts/embedding_baseline.py"
+
+
+rule embedding_baseline_final:
+    input:
+        h5ad="results/data/combined.h5ad",
+        splits="results/splits/splits.tsv",
+        encoder=f"results/pretrain/{EMBEDDING}/final/encoder.pt",
+    output:
+        model=directory("results/models/{method}/final"),
+    wildcard_constraints:
+        method=one_of(EMBEDDING_BASELINES),
+    params:
+        **EMBEDDING_PARAMS,
+    log:
+        "results/logs/baseline/{method}/final.log",
+    benchmark:
+        "results/benchmarks/baseline/{method}/final.tsv"
     threads: 1
     conda:
         "../../envs/torch.yaml"

@@ -91,8 +91,8 @@ def interpretation_outputs():
 
 
 def model_for_interpretation(wildcards):
-    """A neural method's model trained on all labelled cells (linear baselines and wilcoxon need none)."""
-    if wildcards.method in NEURAL_METHODS:
+    """The model trained on all labelled cells whose genes are ranked (none for wilcoxon, which ranks the data)."""
+    if wildcards.method in registry.METHODS:
         return f"results/models/{wildcards.method}/final"
     return []
 

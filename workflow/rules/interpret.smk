@@ -1,7 +1,6 @@
 rule top_genes:
     input:
         h5ad="results/data/combined.h5ad",
-        splits="results/splits/splits.tsv",
         model=model_for_interpretation,
     output:
         report(
@@ -13,10 +12,8 @@ rule top_genes:
     wildcard_constraints:
         method=one_of(INTERPRET_METHODS),
     params:
-        settings=lambda wildcards: config["baseline"].get(wildcards.method, {}),
         seed=config["baseline"]["seed"],
         max_cells_per_type=config["interpret"]["max_cells_per_type"],
-        chunk_cells=config["store"]["chunk_cells"],
     log:
         "results/logs/top_genes/{method}.log",
     benchmark:
