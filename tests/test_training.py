@@ -78,6 +78,25 @@ def test_annotated_query_has_predictions_confidence_and_embedding(symphony_annot
     assert summary["cells"].sum() == 2896
 
 
+@pytest.mark.parametrize("method", ["logreg", "celltypist"])
+def test_any_registered_method_annotates_with_the_same_contract(symphony_annotation, shared_data, tmp_path, method):
+    workdir, config = symphony_annotation
+    config = {**config, "annotate": {**config["annotate"], "method": method}}
+    snakemake(workdir, write_config(tmp_path, config), "annotate")
+    query = ad.read_h5ad(workdir / "results/annotate/donorA.h5ad")
+    assert query.n_obs == 2896 and query.uns["sclabel_annotation"]["method"] == method
+    assert "X_sclabel" not in query.obsm  # these methods have no embedding
+    obs = query.obs
+    np.testing.assert_allclose(obs["rejection_score"], 1 - obs["prediction_confidence"], atol=1e-9)
+    predicted = obs["predicted_cell_type"].astype(str)
+    assert (predicted[obs["prediction_confidence"] < 0.5] == "unassigned").all()
+    assert (predicted[obs["prediction_confidence"] >= 0.5] != "unassigned").all()
+    top = predicted[predicted != "unassigned"].value_counts().index[:3].tolist()
+    assert {"T_CD4", "Mono_CD14"} & set(top)
+    model = workdir / f"results/models/{method}/final"
+    assert (model / "annotator.json").is_file() and not list(model.glob("*.pkl"))
+
+
 def test_majority_voting_adds_clusters_and_their_majority_beside_the_per_cell_labels(symphony_annotation,
                                                                                        shared_data, tmp_path):
     workdir, config = symphony_annotation
