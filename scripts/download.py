@@ -1,6 +1,6 @@
 """Snakemake step: fetch or read one dataset and write it in sclabel's standard h5ad form."""
 
-from sclabel.pipeline import download_stage
+from sclabel.datasets import download_stage
 from sclabel.runner import run_step
 
 

@@ -1,6 +1,6 @@
 """Snakemake step: score all predictions into metrics.tsv, summary.tsv, per-class and confusion tables."""
 
-from sclabel.pipeline import evaluate_stage
+from sclabel.evaluation import evaluate_stage
 from sclabel.runner import run_step
 
 

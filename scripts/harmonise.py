@@ -1,6 +1,6 @@
 """Snakemake step: combine the QC'd datasets on harmonised gene names, chunk by chunk."""
 
-from sclabel.pipeline import harmonise_stage
+from sclabel.qc import harmonise_stage
 from sclabel.runner import run_step
 
 

@@ -1,6 +1,6 @@
 """Snakemake step: QC-filter and log-normalise one dataset, chunk by chunk."""
 
-from sclabel.pipeline import qc_stage
+from sclabel.qc import qc_stage
 from sclabel.runner import run_step
 
 

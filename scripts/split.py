@@ -1,6 +1,6 @@
 """Snakemake step: write the train / validation / test role of every labelled cell in every split."""
 
-from sclabel.pipeline import split_stage
+from sclabel.splits import split_stage
 from sclabel.runner import run_step
 
 

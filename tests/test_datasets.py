@@ -13,7 +13,7 @@ import pytest
 import scipy.io
 import scipy.sparse as sp
 
-from sclabel import datasets, pipeline, qc
+from sclabel import datasets, qc
 from sclabel.errors import InputError
 
 GENES = [f"G{i}" for i in range(6)] + ["MT-CO1"]
@@ -39,7 +39,7 @@ def standard(path: Path, **spec) -> ad.AnnData:
     """The dataset as the download stage writes it (h5ad sources 3 rows at a time), read back."""
     spec = {"source": str(path), "values": "counts", **spec}
     output = path.parent / "out" / "toy.h5ad"
-    pipeline.download_stage("toy", spec, {"retries": 0, "timeout_s": 5.0}, str(output), str(path.parent / "dl"),
+    datasets.download_stage("toy", spec, {"retries": 0, "timeout_s": 5.0}, str(output), str(path.parent / "dl"),
                             chunk_cells=3)
     return ad.read_h5ad(output)
 

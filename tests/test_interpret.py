@@ -314,14 +314,14 @@ def symphony_store(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) 
     """pbmc_symphony as a cell store with its splits (the final split included)."""
     import anndata as ad
 
-    from sclabel import pipeline, store
+    from sclabel import splits, store
 
     folder = tmp_path_factory.mktemp("interpret_store")
-    combined, splits = folder / "combined.h5ad", folder / "splits.tsv"
+    combined, splits_file = folder / "combined.h5ad", folder / "splits.tsv"
     store.write_store(ad.read_h5ad(shared_data / "pbmc_symphony.h5ad"), combined, chunk_cells=250)
-    pipeline.split_stage(str(combined), {"scheme": "cv", "n_folds": 3, "val_fraction": 0.1, "seed": 0}, str(splits),
-                         str(folder / "class_counts.tsv"))
-    return combined, splits
+    splits.split_stage(str(combined), {"scheme": "cv", "n_folds": 3, "val_fraction": 0.1, "seed": 0}, str(splits_file),
+                       str(folder / "class_counts.tsv"))
+    return combined, splits_file
 
 
 @pytest.mark.shared_data
@@ -348,7 +348,7 @@ def test_linear_top_genes_come_from_the_saved_final_model(symphony_store, tmp_pa
     from sclabel.baselines import build_baseline
     from sclabel.explain import TOP_GENE_COLUMNS, labelled_data, top_genes_stage
     from sclabel.method_stage import method_stage
-    from sclabel.pipeline import read_split
+    from sclabel.splits import read_split
 
     combined, splits_file = symphony_store
     adata, labels = labelled_data(str(combined))

@@ -23,16 +23,17 @@ CHUNK_CELLS = 2000
 STAGES = """
 import json, resource, sys
 from pathlib import Path
-from sclabel import pipeline
+from sclabel.datasets import download_stage
+from sclabel.qc import harmonise_stage, qc_stage
 source, out = sys.argv[1], Path(sys.argv[2])
 spec = {"source": source, "label_key": "cell_type", "values": "counts"}
 qc = {"min_genes": 50, "max_pct_mito": 20.0, "mito_prefix": "MT-", "min_cells": 3, "target_sum": 1e4}
 harmonise = {"gene_join": "inner", "case": "keep", "renormalise": True}
 chunk = int(sys.argv[3])
-pipeline.download_stage("syn", spec, {"retries": 0, "timeout_s": 5.0}, str(out / "raw.h5ad"), str(out / "dl"), chunk)
-pipeline.qc_stage(str(out / "raw.h5ad"), qc, str(out / "qc.h5ad"), str(out / "qc.tsv"), chunk)
-pipeline.harmonise_stage([str(out / "qc.h5ad")], ["syn"], harmonise, 1e4, str(out / "combined.h5ad"),
-                         str(out / "genes.tsv"), chunk)
+download_stage("syn", spec, {"retries": 0, "timeout_s": 5.0}, str(out / "raw.h5ad"), str(out / "dl"), chunk)
+qc_stage(str(out / "raw.h5ad"), qc, str(out / "qc.h5ad"), str(out / "qc.tsv"), chunk)
+harmonise_stage([str(out / "qc.h5ad")], ["syn"], harmonise, 1e4, str(out / "combined.h5ad"),
+                str(out / "genes.tsv"), chunk)
 print(json.dumps({"max_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
 """
 

@@ -16,7 +16,7 @@ import scipy.sparse as sp
 import yaml
 from sklearn.metrics import cohen_kappa_score
 
-from sclabel import baselines, metrics, peers, pipeline, registry, store
+from sclabel import baselines, evaluation, metrics, peers, predictions, registry, splits, store
 from sclabel.annotator import MANIFEST, LabelledCells, RunContext, load_annotator
 from sclabel.errors import InputError
 from sclabel.method_stage import method_stage
@@ -78,7 +78,7 @@ def test_probabilities_follow_the_prediction_contract(symphony, predicted, peer)
     assert probabilities.shape == (len(symphony["y_test"]), len(classes))
     assert (probabilities >= 0).all()
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0)
-    table = pipeline.predictions_table(np.arange(len(probabilities)).astype(str), symphony["y_test"],
+    table = predictions.predictions_table(np.arange(len(probabilities)).astype(str), symphony["y_test"],
                                        probabilities, classes)
     assert metrics.probability_columns(table) == [f"proba:{c}" for c in classes]
     assert np.isfinite(metrics.ranking_scores(table)["macro_auroc"])
@@ -199,16 +199,16 @@ def test_not_runnable_peer_writes_the_record_and_the_summary_shows_it(shared_dat
     adata = ad.read_h5ad(shared_data / "pancreas_xin.h5ad")
     combined = tmp_path / "combined.h5ad"
     adata.write_h5ad(combined)
-    splits, class_counts = tmp_path / "splits.tsv", tmp_path / "class_counts.tsv"
-    pipeline.split_stage(str(combined), {"scheme": "cv", "n_folds": 2, "val_fraction": 0.1, "seed": 0},
-                         str(splits), str(class_counts))
+    splits_file, class_counts = tmp_path / "splits.tsv", tmp_path / "class_counts.tsv"
+    splits.split_stage(str(combined), {"scheme": "cv", "n_folds": 2, "val_fraction": 0.1, "seed": 0},
+                       str(splits_file), str(class_counts))
     files = []
     for split in ("cv1", "cv2"):
         files.append(tmp_path / f"predictions/logreg/{split}.tsv")
-        method_stage("logreg", {}, 0, str(combined), str(splits), split, str(tmp_path / f"models/logreg/{split}"),
+        method_stage("logreg", {}, 0, str(combined), str(splits_file), split, str(tmp_path / f"models/logreg/{split}"),
                      str(files[-1]))
         files.append(tmp_path / f"predictions/celltypist/{split}.tsv")
-        method_stage("celltypist", {}, 0, str(combined), str(splits), split, str(tmp_path / f"models/{split}"),
+        method_stage("celltypist", {}, 0, str(combined), str(splits_file), split, str(tmp_path / f"models/{split}"),
                      str(files[-1]))
     record = pd.read_csv(files[-1], sep="\t")
     assert list(record.columns) == [metrics.NOT_RUN]
@@ -216,7 +216,7 @@ def test_not_runnable_peer_writes_the_record_and_the_summary_shows_it(shared_dat
     with pytest.raises(InputError, match="celltypist could not be trained: CellTypist needs natural-log1p"):
         load_annotator(tmp_path / "models/cv2")
     out = {name: tmp_path / f"{name}.tsv" for name in ("metrics", "summary", "per_class", "confusion")}
-    pipeline.evaluate_stage([str(f) for f in files], str(class_counts), {"unassigned_threshold": 0.0,
+    evaluation.evaluate_stage([str(f) for f in files], str(class_counts), {"unassigned_threshold": 0.0,
                                                                        "rare_fraction": 0.05}, *map(str, out.values()))
     assert set(pd.read_csv(out["metrics"], sep="\t")["method"]) == {"logreg"}
     summary = pd.read_csv(out["summary"], sep="\t").set_index(["method", "metric"])
@@ -327,14 +327,14 @@ def test_aggregation_rank_keeps_every_clustered_label_on_pcs():
 def test_method_stage_reads_a_cell_store_by_rows_and_predicts_in_chunks(shared_data, tmp_path, peer):
     need(peer)
     adata = ad.read_h5ad(shared_data / "pbmc_symphony.h5ad")
-    combined, splits = tmp_path / "combined.h5ad", tmp_path / "splits.tsv"
+    combined, splits_file = tmp_path / "combined.h5ad", tmp_path / "splits.tsv"
     store.write_store(adata, combined, chunk_cells=250)
-    pipeline.split_stage(str(combined), {"scheme": "cv", "n_folds": 3, "val_fraction": 0.1, "seed": 0}, str(splits),
-                         str(tmp_path / "class_counts.tsv"))
-    method_stage(peer, {}, 0, str(combined), str(splits), "cv2", str(tmp_path / "model"), str(tmp_path / "p.tsv"),
+    splits.split_stage(str(combined), {"scheme": "cv", "n_folds": 3, "val_fraction": 0.1, "seed": 0}, str(splits_file),
+                       str(tmp_path / "class_counts.tsv"))
+    method_stage(peer, {}, 0, str(combined), str(splits_file), "cv2", str(tmp_path / "model"), str(tmp_path / "p.tsv"),
                  RunContext(chunk_cells=70))
     table = pd.read_csv(tmp_path / "p.tsv", sep="\t", dtype={"cell_id": str})
-    roles = pipeline.read_split(str(splits), "cv2")
+    roles = splits.read_split(str(splits_file), "cv2")
     fit, test = roles.index[roles != "test"], roles.index[roles == "test"]
     rows = pd.Series(np.arange(adata.n_obs), index=adata.obs_names)
     labels = adata.obs["cell_type"].astype(str)
@@ -343,7 +343,7 @@ def test_method_stage_reads_a_cell_store_by_rows_and_predicts_in_chunks(shared_d
     probabilities, classes = annotator.predict_proba(adata.X[rows[test]]), annotator.classes
     assert table["cell_id"].tolist() == list(test)
     np.testing.assert_allclose(table[[f"proba:{c}" for c in classes]].to_numpy(), probabilities, rtol=1e-9)
-    method_stage(peer, {}, 0, str(combined), str(splits), "final", str(tmp_path / "final"))  # every cell, no test
+    method_stage(peer, {}, 0, str(combined), str(splits_file), "final", str(tmp_path / "final"))  # every cell, no test
     assert load_annotator(tmp_path / "final").predict_proba(adata.X[:5]).shape == (5, len(classes))
 
 
@@ -418,13 +418,13 @@ def test_test_cells_on_another_scale_leave_the_model_and_a_not_run_record(shared
     held_out = (adata.obs["protocol"] == HOLDOUT).to_numpy()
     adata.X = sp.csr_matrix(adata.X)
     adata.X[held_out] = adata.X[held_out] * 3.0  # log1p values tripled: far above log1p(10,000) = 9.21
-    combined, splits = tmp_path / "combined.h5ad", tmp_path / "splits.tsv"
+    combined, splits_file = tmp_path / "combined.h5ad", tmp_path / "splits.tsv"
     adata.write_h5ad(combined)
     settings = {"scheme": "lodo", "lodo_key": "protocol", "holdout": [HOLDOUT], "val_fraction": 0.1, "seed": 0,
                 "n_folds": 1}
-    pipeline.split_stage(str(combined), settings, str(splits), str(tmp_path / "class_counts.tsv"))
+    splits.split_stage(str(combined), settings, str(splits_file), str(tmp_path / "class_counts.tsv"))
     split = f"lodo_{HOLDOUT}"
-    method_stage("celltypist", {}, 0, str(combined), str(splits), split, str(tmp_path / "model"),
+    method_stage("celltypist", {}, 0, str(combined), str(splits_file), split, str(tmp_path / "model"),
                  str(tmp_path / "p.tsv"))
     record = pd.read_csv(tmp_path / "p.tsv", sep="\t")
     assert list(record.columns) == [metrics.NOT_RUN] and "CellTypist needs natural-log1p" in record.iloc[0, 0]

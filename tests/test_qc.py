@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from sclabel import pipeline, qc
+from sclabel import datasets, qc, splits
 
 SETTINGS = {"min_genes": 3, "max_pct_mito": 30.0, "mito_prefix": "MT-", "min_cells": 2, "target_sum": 1e4}
 
@@ -112,7 +112,7 @@ def downloaded(shared_data, tmp_path, specs: dict, chunk_cells: int) -> list[str
         spec = {key: value for key, value in spec.items() if key != "file"} | {
             "source": str(shared_data / spec["file"])}
         paths.append(str(tmp_path / "raw" / f"{name}.h5ad"))
-        pipeline.download_stage(name, spec, DOWNLOAD, paths[-1], str(tmp_path / "dl"), chunk_cells)
+        datasets.download_stage(name, spec, DOWNLOAD, paths[-1], str(tmp_path / "dl"), chunk_cells)
     return paths
 
 
@@ -138,7 +138,7 @@ def test_qc_stage_by_chunks_equals_in_memory_qc_on_real_data(shared_data, tmp_pa
     median_genes = int(np.median(np.diff(adata.X.indptr)))  # so that min_genes removes about half the cells
     settings = {"min_genes": median_genes, "max_pct_mito": 5.0, "mito_prefix": "MT-", "min_cells": 5,
                 "target_sum": 1e4}
-    pipeline.qc_stage(raw, settings, str(tmp_path / "qc.h5ad"), str(tmp_path / "qc.tsv"), chunk_cells=97)
+    qc.qc_stage(raw, settings, str(tmp_path / "qc.h5ad"), str(tmp_path / "qc.tsv"), chunk_cells=97)
     expected, table = qc.qc_filter(adata, settings, adata.uns["sclabel"]["source"])
     expected = qc.normalise(expected, settings["target_sum"])
     assert_same_data(expected, str(tmp_path / "qc.h5ad"))
@@ -156,10 +156,10 @@ def test_harmonise_stage_by_chunks_equals_combine_on_real_data(shared_data, tmp_
     qc_files = []
     for name, raw in zip(specs, downloaded(shared_data, tmp_path, specs, chunk_cells=300)):
         qc_files.append(str(tmp_path / f"{name}.qc.h5ad"))
-        pipeline.qc_stage(raw, settings, qc_files[-1], str(tmp_path / f"{name}.tsv"), chunk_cells=250)
+        qc.qc_stage(raw, settings, qc_files[-1], str(tmp_path / f"{name}.tsv"), chunk_cells=250)
     output = str(tmp_path / "combined.h5ad")
-    pipeline.harmonise_stage(qc_files, list(specs), harmonise, 1e4, output, str(tmp_path / "genes.tsv"),
-                             chunk_cells=123)
+    qc.harmonise_stage(qc_files, list(specs), harmonise, 1e4, output, str(tmp_path / "genes.tsv"),
+                       chunk_cells=123)
     expected, report = qc.combine([ad.read_h5ad(path) for path in qc_files], harmonise["gene_join"],
                                   harmonise["case"], list(specs), 1e4 if harmonise["renormalise"] else None)
     assert_same_data(expected, output)
@@ -176,6 +176,6 @@ def test_split_stage_reads_no_matrix(shared_data, tmp_path, monkeypatch):
     monkeypatch.setattr(store.CellStore, "read", no_matrix)
     monkeypatch.setattr(ad, "read_h5ad", no_matrix)
     settings = {"scheme": "lodo", "lodo_key": "batch", "holdout": None, "n_folds": 3, "val_fraction": 0.1, "seed": 0}
-    pipeline.split_stage(raw, settings, str(tmp_path / "splits.tsv"), str(tmp_path / "classes.tsv"))
+    splits.split_stage(raw, settings, str(tmp_path / "splits.tsv"), str(tmp_path / "classes.tsv"))
     table = pd.read_csv(tmp_path / "splits.tsv", sep="\t", index_col=0)
     assert list(table.columns) == ["lodo_3pv1", "lodo_3pv2", "lodo_5p", "final"] and len(table) == 1200

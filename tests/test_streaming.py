@@ -21,7 +21,7 @@ from sclabel.method_stage import method_stage
 from sclabel.model import CellTypeAnnotator
 from sclabel.nn.encoders import MLPEncoder, predict_batches
 from sclabel.nn.finetune import ClassifierHead, FinetuneSettings, fit_classifier
-from sclabel.pipeline import predictions_table, write_predictions
+from sclabel.predictions import predictions_table, write_predictions
 from sclabel.store import CellStore, write_store
 
 SETTINGS = FinetuneSettings(epochs=3, batch_size=64, patience=5)

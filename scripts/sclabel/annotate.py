@@ -31,7 +31,8 @@ def annotate_cells(model: Annotator, query: ad.AnnData, settings: Mapping[str, A
     ``unassigned`` when its rejection score exceeds 1 - ``annotate.threshold``.
     """
     source = query.uns["sclabel"]["source"]
-    _, overlap = qc.align_genes((query.X[:0], query.var_names), model.genes, settings["min_gene_overlap"], source=source)
+    _, overlap = qc.align_genes((query.X[:0], query.var_names), model.genes, settings["min_gene_overlap"],
+                                source=source)
     log.info("%s: %d of %d model genes present (%.0f%%); missing genes are zero-filled", source,
              round(overlap * len(model.genes)), len(model.genes), 100 * overlap)
     predicted, confidence, rejection, embedding = [], [], [], []

@@ -7,6 +7,7 @@ unlabelled datasets), ``obs['dataset']``, ``obs['batch']`` and, when configured,
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,9 @@ import scipy.sparse as sp
 from anndata.io import read_elem, sparse_dataset
 
 from sclabel.errors import InputError
-from sclabel.store import RowWriter, write_store
+from sclabel.store import DEFAULT_CHUNK_CELLS, RowWriter, write_store
+
+log = logging.getLogger("sclabel")
 
 BUILTIN_DATASETS = ("pbmc68k_reduced",)
 CSV_CHUNK_ROWS = 2000
@@ -357,3 +360,11 @@ def write_standard(name: str, spec: Mapping[str, Any], download_dir: Path, retri
     standard = standardise(adata, spec, name, source)
     write_store(standard, output, chunk_cells)
     return standard.n_obs, standard.n_vars, source
+
+
+def download_stage(name: str, spec: Mapping[str, Any], settings: Mapping[str, Any], output: str,
+                   download_dir: str, chunk_cells: int = DEFAULT_CHUNK_CELLS) -> None:
+    """Fetch or read one dataset and write it in the standard form as a cell store (h5ad sources by row chunks)."""
+    n_obs, n_vars, source = write_standard(name, spec, Path(download_dir), settings["retries"],
+                                                    settings["timeout_s"], "config", output, chunk_cells)
+    log.info("%s: %d cells x %d genes from %s", name, n_obs, n_vars, source)

@@ -19,7 +19,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from sclabel import baselines, io, registry
-from sclabel.pipeline import labelled_cells
+from sclabel.splits import labelled_cells
 from sclabel.plots import save_figure
 from sclabel.store import DEFAULT_CHUNK_CELLS, CellStore
 

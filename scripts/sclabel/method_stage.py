@@ -18,7 +18,8 @@ import pandas as pd
 from sclabel import io, registry, splits
 from sclabel.annotator import Annotator, LabelledCells, MethodNotRunnable, RunContext, save_not_run
 from sclabel.metrics import NOT_RUN
-from sclabel.pipeline import read_split, write_predictions
+from sclabel.predictions import write_predictions
+from sclabel.splits import read_split
 from sclabel.store import CellStore
 
 log = logging.getLogger("sclabel")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -11,9 +12,12 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from sclabel import io
 from sclabel.datasets import subset_obs
 from sclabel.errors import InputError
 from sclabel.store import DEFAULT_CHUNK_CELLS, CellStore, Matrix, RowWriter
+
+log = logging.getLogger("sclabel")
 
 
 NORMALISED = "log1p_cp10k"
@@ -329,3 +333,24 @@ def align_genes(data: ad.AnnData | tuple[Matrix, Sequence[str]], model_genes: Se
     aligned = X @ selector
     aligned = sp.csr_matrix(aligned, dtype=np.float32) if sp.issparse(aligned) else np.asarray(aligned, np.float32)
     return aligned, overlap
+
+
+def qc_stage(input_h5ad: str, settings: Mapping[str, Any], output_h5ad: str, output_table: str,
+             chunk_cells: int = DEFAULT_CHUNK_CELLS) -> None:
+    """Filter cells and genes, normalise, and write the data with a table of what was removed (chunk by chunk)."""
+    removed = qc_store(input_h5ad, settings, output_h5ad, chunk_cells)
+    remaining = removed.set_index("step")["remaining"]
+    log.info("QC kept %d cells x %d genes\n%s", remaining["max_pct_mito"], remaining["min_cells"],
+             removed.to_string(index=False))
+    io.write_tsv(removed, output_table)
+
+
+def harmonise_stage(inputs: Sequence[str], names: Sequence[str], settings: Mapping[str, Any], target_sum: float,
+                    output_h5ad: str, output_table: str, chunk_cells: int = DEFAULT_CHUNK_CELLS) -> None:
+    """Combine the QC'd datasets on harmonised gene names (renormalised per cell over them when asked), by chunks."""
+    report = harmonise_stores(inputs, names, settings["gene_join"], settings["case"], output_h5ad,
+                                 target_sum if settings["renormalise"] else None, chunk_cells)
+    n_genes = report["genes_in_combined"].iloc[0] + report["genes_zero_filled"].iloc[0]
+    log.info("combined %d cells x %d genes (%s join)\n%s", report["cells"].sum(), n_genes, settings["gene_join"],
+             report.to_string(index=False))
+    io.write_tsv(report, output_table)

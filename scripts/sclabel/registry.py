@@ -101,7 +101,8 @@ METHODS: dict[str, Method] = {m.name: m for m in [
       if not (pretrain == "masked_bins" and encoder == "mlp")],
     Method("celltypist", "peer", "sclabel.peers:CelltypistAnnotator", "celltypist", "peers.celltypist",
            "CellTypist 1.7.1, logistic regression on scaled log expression", threads="peers.threads",
-           at_scale="CellTypist's large-data mode (mini-batch SGD, no centring) above peers.celltypist.large_data_cells"),
+           at_scale="CellTypist's large-data mode (mini-batch SGD, no centring) above "
+                    "peers.celltypist.large_data_cells"),
     Method("singler", "peer", "sclabel.peers:SinglerAnnotator", "singler", "peers.singler",
            "SingleR (BiocPy singler 0.5.0), Spearman correlation to the reference cells over pairwise marker genes",
            threads="peers.threads",

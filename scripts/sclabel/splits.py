@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedKFold
 
+from sclabel import io
 from sclabel.errors import InputError
+from sclabel.store import CellStore
+
+log = logging.getLogger("sclabel")
 
 TRAIN, VAL, TEST = "train", "val", "test"
 FINAL = "final"
@@ -107,3 +114,42 @@ def class_report(labels: pd.Series, assignments: pd.DataFrame, n_folds: int) -> 
                          **{role: int(row.get(role, 0)) for role in (TRAIN, VAL, TEST)},
                          "fewer_cells_than_folds": total < n_folds})
     return pd.DataFrame(rows)
+
+
+def labelled_cells(adata: Any) -> pd.Series:
+    """Labels of the cells (an AnnData or CellStore) that have one (unlabelled datasets have none)."""
+    if "cell_type" not in adata.obs:
+        return pd.Series([], dtype=str)
+    labels = adata.obs["cell_type"]
+    return labels[labels.notna()].astype(str)
+
+
+def split_stage(input_h5ad: str, settings: Mapping[str, Any], output_splits: str, output_classes: str) -> None:
+    """Write each split's role (train / val / test) for every labelled cell, and the class counts per split.
+
+    Reads the cells' obs table only, never the matrix.
+    """
+    with CellStore(input_h5ad) as cells:
+        obs, labels = cells.obs, labelled_cells(cells)
+    if settings["scheme"] == "cv":
+        table = stratified_cv(labels.index, labels, settings["n_folds"], settings["val_fraction"],
+                                     settings["seed"], source=input_h5ad)
+    else:
+        groups = obs.loc[labels.index, settings["lodo_key"]].astype(str)
+        holdout = settings["holdout"] or sorted(groups.unique())
+        table = leave_one_group_out(labels.index, labels, groups, holdout, settings["val_fraction"],
+                                           settings["seed"], source=input_h5ad)
+    report = class_report(labels, table, settings["n_folds"])
+    table[FINAL] = final_split(labels.index, labels, settings["val_fraction"], settings["seed"])
+    small = sorted(report.loc[report["fewer_cells_than_folds"], "cell_type"].unique())
+    if small:
+        log.warning("classes with fewer cells than folds (kept; some test folds lack them): %s", ", ".join(small))
+    io.write_tsv(report, output_classes)
+    io.write_tsv(table, output_splits, index=True)
+
+
+def read_split(splits_file: str, split: str) -> pd.Series:
+    """Role of each cell in ``split`` (cells absent from it are dropped)."""
+    roles = pd.read_csv(splits_file, sep="\t", index_col="cell_id", usecols=["cell_id", split])[split]
+    roles.index = roles.index.astype(str)
+    return roles.dropna()

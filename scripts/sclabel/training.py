@@ -21,7 +21,8 @@ from sclabel.errors import InputError
 from sclabel.model import CellTypeAnnotator
 from sclabel.nn.encoders import build_encoder, pick_device, seed_everything
 from sclabel.nn.finetune import FinetuneSettings
-from sclabel.pipeline import read_split, write_predictions
+from sclabel.predictions import write_predictions
+from sclabel.splits import read_split
 from sclabel.store import DEFAULT_BUFFER_CELLS, DEFAULT_CHUNK_CELLS, CellStore
 
 log = logging.getLogger("sclabel")

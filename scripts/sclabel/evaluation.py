@@ -1,0 +1,69 @@
+"""The evaluation stage: score every method's predictions on every split, summarise over splits."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from sclabel import io, metrics
+
+log = logging.getLogger("sclabel")
+
+
+def parse_prediction_path(path: str) -> tuple[str, str]:
+    """(method, split) from ``.../predictions/{method}/{split}.tsv``."""
+    file = Path(path)
+    return file.parent.name, file.stem
+
+
+def training_labels(class_counts: pd.DataFrame, split: str) -> list[str]:
+    """The labels of a split's training cells (train + validation), rebuilt from the class-count table."""
+    rows = class_counts[class_counts["split"] == split]
+    return list(np.repeat(rows["cell_type"].astype(str).to_numpy(), (rows["train"] + rows["val"]).to_numpy()))
+
+
+def split_scheme(split: str) -> str:
+    """``cv`` or ``lodo`` from a split name."""
+    return "lodo" if split.startswith("lodo_") else "cv"
+
+
+def evaluate_stage(prediction_files: Sequence[str], class_counts_file: str, settings: Mapping[str, Any],
+                   output_metrics: str, output_summary: str, output_per_class: str, output_confusion: str) -> None:
+    """Score every method × split; write long metrics, mean ± sd summary, per-class scores and confusion counts.
+
+    A prediction file holding the ``not_run`` record of a method that could not run is not scored; the summary
+    shows that method as ``not run: <reason>`` (``metrics.add_not_run``).
+    """
+    class_counts = pd.read_csv(class_counts_file, sep="\t", dtype={"cell_type": str})
+    metric_rows, class_rows, confusion_rows, not_run = [], [], [], []
+    for path in prediction_files:
+        method, split = parse_prediction_path(path)
+        table = pd.read_csv(path, sep="\t", dtype={"cell_id": str, "true": str, "predicted": str})
+        if metrics.NOT_RUN in table.columns:
+            reason = str(table[metrics.NOT_RUN].iloc[0])
+            log.warning("%s on %s: not run: %s", method, split, reason)
+            not_run.append({"method": method, "split": split, "scheme": split_scheme(split), "reason": reason})
+            continue
+        scores = metrics.benchmark_scores(table, training_labels(class_counts, split),
+                                          settings["unassigned_threshold"], settings["rare_fraction"])
+        metric_rows += [{"method": method, "split": split, "metric": metric, "value": value}
+                        for metric, value in scores.items() if np.isfinite(value)]
+        predicted = metrics.apply_threshold(table["predicted"], table["confidence"], settings["unassigned_threshold"])
+        labels = metrics.label_order(table["true"], predicted)
+        matrix = metrics.confusion(table["true"], predicted, labels)
+        class_rows.append(metrics.per_class_scores(matrix, labels).assign(method=method, split=split))
+        confusion_rows.append(metrics.confusion_long(matrix, labels).assign(method=method, split=split))
+    long = pd.DataFrame(metric_rows, columns=["method", "split", "metric", "value"])
+    io.write_tsv(long, output_metrics)
+    summary = metrics.summarise(long.assign(scheme=long["split"].map(split_scheme)))
+    not_run_table = pd.DataFrame(not_run, columns=["method", "split", "scheme", "reason"])
+    io.write_tsv(metrics.add_not_run(summary, not_run_table), output_summary)
+    io.write_tsv(pd.concat(class_rows, ignore_index=True) if class_rows else pd.DataFrame(
+        columns=["cell_type", "precision", "recall", "f1", "support", "method", "split"]), output_per_class)
+    io.write_tsv(pd.concat(confusion_rows, ignore_index=True) if confusion_rows else pd.DataFrame(
+        columns=["true", "predicted", "count", "method", "split"]), output_confusion)
