@@ -69,23 +69,6 @@ def major_minor(version: str) -> str:
     return ".".join(version.split(".")[:2])
 
 
-def rank_table(scores: np.ndarray, cell_types: Sequence[str], genes: Sequence[str]) -> pd.DataFrame:
-    """Tidy ranking of a [cell types × genes] score matrix: rank 1 = highest score per type (ties: gene order)."""
-    scores = np.asarray(scores, dtype=np.float64)
-    if scores.shape != (len(cell_types), len(genes)):
-        raise ValueError(f"scores have shape {scores.shape}, expected ({len(cell_types)} cell types, "
-                         f"{len(genes)} genes)")
-    order = np.argsort(-scores, axis=1, kind="stable")
-    n_types, n_genes = scores.shape
-    type_index = np.repeat(np.arange(n_types), n_genes)
-    return pd.DataFrame({
-        "cell_type": np.asarray(cell_types, dtype=object)[type_index],
-        "gene": np.asarray(genes, dtype=object)[order.ravel()],
-        "score": scores[type_index, order.ravel()],
-        "rank": np.tile(np.arange(1, n_genes + 1), n_types),
-    })
-
-
 class Annotator(ABC):
     """A cell-type annotator over a fixed gene list (log1p CP10k expression in, probabilities over classes out)."""
 

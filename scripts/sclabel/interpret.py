@@ -35,7 +35,6 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from sclabel.annotator import rank_table
 from sclabel.errors import InputError
 from sclabel.model import UNASSIGNED, CellTypeAnnotator
 from sclabel.nn.encoders import Matrix, dense_batch, iterate_minibatches
