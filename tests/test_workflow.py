@@ -98,6 +98,7 @@ def test_nothing_to_do_after_a_complete_run(default_run):
 
 
 REPORT = {"evaluate": 1, "report_figures": 1, "all": 1}
+METHODS_TABLE = {"methods_table": 1}  # methods.tsv lists each method's configured settings
 NEURAL_ALL = {"pretrain": 6, "finetune": 10, "train_final": 2}
 BASELINE_ALL = {"baseline": 5, "baseline_final": 1}  # the final logreg model is the one top_genes ranks
 
@@ -105,8 +106,8 @@ BASELINE_ALL = {"baseline": 5, "baseline_final": 1}  # the final logreg model is
 @pytest.mark.parametrize(
     ("block", "key", "value", "expected"),
     [
-        ("baseline", "logreg", {"C": 0.5}, {**BASELINE_ALL, "top_genes": 1, **REPORT}),
-        ("finetune", "lr", 0.002, {"finetune": 10, "train_final": 2, "top_genes": 2, **REPORT}),
+        ("baseline", "logreg", {"C": 0.5}, {**BASELINE_ALL, "top_genes": 1, **REPORT, **METHODS_TABLE}),
+        ("finetune", "lr", 0.002, {"finetune": 10, "train_final": 2, "top_genes": 2, **REPORT, **METHODS_TABLE}),
         ("pretrain", "seed", 3, {"pretrain": 6, "finetune": 5, "train_final": 1, "top_genes": 1, **REPORT}),
         ("evaluate", "unassigned_threshold", 0.5, REPORT),
         ("split", "seed", 1, {"split": 1, **BASELINE_ALL, **NEURAL_ALL, "top_genes": 4, **REPORT}),
