@@ -5,6 +5,11 @@ from __future__ import annotations
 from os import PathLike
 
 
+def one_line(text: object) -> str:
+    """``text`` on one line (whitespace runs collapsed)."""
+    return " ".join(str(text).split())
+
+
 class InputError(ValueError):
     """Bad user input; ``str(err)`` is one line: ``<file>: <field>: <problem>. Fix: <fix>``."""
 
@@ -14,4 +19,4 @@ class InputError(ValueError):
         self.problem = problem
         self.fix = fix
         line = f"{self.file}: {field}: {problem}. Fix: {fix}"
-        super().__init__(" ".join(line.split()))
+        super().__init__(one_line(line))

@@ -17,17 +17,13 @@ import pandas as pd
 
 from sclabel import io, registry, splits
 from sclabel.annotator import Annotator, LabelledCells, MethodNotRunnable, RunContext, save_not_run
+from sclabel.errors import one_line
 from sclabel.metrics import NOT_RUN
 from sclabel.predictions import write_predictions
 from sclabel.splits import read_split
 from sclabel.store import CellStore
 
 log = logging.getLogger("sclabel")
-
-
-def one_line(text: object) -> str:
-    """``text`` on one line (whitespace runs collapsed)."""
-    return " ".join(str(text).split())
 
 
 def not_run_record(reason: str) -> pd.DataFrame:

@@ -70,8 +70,7 @@ import scipy.sparse as sp
 from sclabel import qc
 from sclabel.annotator import Annotator, LabelledCells, MethodNotRunnable, RunContext
 from sclabel.baselines import stored_values, stratified_sample
-from sclabel.errors import InputError
-from sclabel.method_stage import one_line
+from sclabel.errors import InputError, one_line
 from sclabel.ranking import rank_table
 from sclabel.store import DEFAULT_CHUNK_CELLS, RowView, in_memory, row_chunks, take_rows
 
