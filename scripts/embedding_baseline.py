@@ -13,7 +13,8 @@ def main(sm) -> None:
                          sm.params.target_sum)
     settings = {**sm.params.settings, "encoder_file": sm.input.encoder, "batch_size": sm.params.batch_size}
     method_stage(sm.wildcards.method, settings, sm.params.seed, sm.input.h5ad, sm.input.splits,
-                 sm.wildcards.get("split", "final"), sm.output.model, sm.output.get("predictions"), context)
+                 sm.wildcards.get("split", "final"), sm.output.model, sm.output.get("predictions"), context,
+                 sm.output.validation, sm.params.known_abstention)
 
 
 run_step(snakemake, main)  # noqa: F821 (injected by Snakemake)

@@ -360,24 +360,21 @@ def test_linear_top_genes_are_the_folded_coefficients_of_the_fitted_model(pbmc):
 
 
 @pytest.mark.shared_data
-def test_the_annotator_fits_on_training_and_validation_cells_alike_in_memory_or_from_a_store(pbmc, pbmc_store):
+def test_the_annotator_fits_on_training_cells_only_and_sets_its_threshold_on_validation_cells(pbmc, pbmc_store):
     train, test = pbmc_store
     half = len(pbmc["y_train"]) // 2
-    y_first, y_second = pbmc["y_train"][:half], pbmc["y_train"][half:]
-    views = [LabelledCells(take_rows(train, np.arange(half)), y_first),
-             LabelledCells(take_rows(train, np.arange(half, len(pbmc["y_train"]))), y_second)]
-    combined, labels = baselines.training_cells(*views)
-    assert isinstance(combined, RowView) and combined.store is train.store  # nothing read
-    np.testing.assert_array_equal(combined.rows, train.rows)
-    np.testing.assert_array_equal(labels, pbmc["y_train"])
-    from_store = BaselineAnnotator("logreg", {}, 0).fit(*views)
-    in_memory = BaselineAnnotator("logreg", {}, 0).fit(LabelledCells(pbmc["X_train"][:half], y_first),
-                                                      LabelledCells(pbmc["X_train"][half:], y_second))
-    whole = BaselineAnnotator("logreg", {}, 0).fit(LabelledCells(pbmc["X_train"], pbmc["y_train"]))
-    expected = whole.predict_proba(pbmc["X_test"])
+    first = LabelledCells(take_rows(train, np.arange(half)), pbmc["y_train"][:half])
+    second = LabelledCells(take_rows(train, np.arange(half, len(pbmc["y_train"]))), pbmc["y_train"][half:])
+    from_store = BaselineAnnotator("logreg", {}, 0).fit(first, second)
+    in_memory = BaselineAnnotator("logreg", {}, 0).fit(LabelledCells(pbmc["X_train"][:half], first.labels))
+    expected = in_memory.predict_proba(pbmc["X_test"])  # the validation cells play no part in the fit
     np.testing.assert_allclose(from_store.predict_proba(test[np.arange(test.shape[0])]), expected, rtol=1e-6,
                                atol=1e-9)
-    np.testing.assert_allclose(in_memory.predict_proba(pbmc["X_test"]), expected, rtol=1e-6, atol=1e-9)
+    from_store.calibrate_abstention(second, 0.1)
+    rejection = from_store.rejection_score(second.X)
+    assert from_store.rejection_threshold == np.quantile(rejection, 0.9, method="higher")
+    assert from_store.abstains(rejection).mean() <= 0.1
+    assert not BaselineAnnotator("majority", {}, 0).fit(first).abstains(rejection).any()  # no threshold set
 
 
 def fitted_logreg(rare_classes, folder):

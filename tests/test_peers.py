@@ -78,8 +78,9 @@ def test_probabilities_follow_the_prediction_contract(symphony, predicted, peer)
     assert probabilities.shape == (len(symphony["y_test"]), len(classes))
     assert (probabilities >= 0).all()
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0)
+    rejection = 1 - probabilities.max(axis=1)
     table = predictions.predictions_table(np.arange(len(probabilities)).astype(str), symphony["y_test"],
-                                       probabilities, classes)
+                                          probabilities, classes, rejection, rejection > 0.5)
     assert metrics.probability_columns(table) == [f"proba:{c}" for c in classes]
     assert np.isfinite(metrics.ranking_scores(table)["macro_auroc"])
 
@@ -337,7 +338,7 @@ def test_method_stage_reads_a_cell_store_by_rows_and_predicts_in_chunks(shared_d
                  RunContext(chunk_cells=70))
     table = pd.read_csv(tmp_path / "p.tsv", sep="\t", dtype={"cell_id": str})
     roles = splits.read_split(str(splits_file), "cv2")
-    fit, test = roles.index[roles != "test"], roles.index[roles == "test"]
+    fit, test = roles.index[roles == "train"], roles.index[roles == "test"]  # validation cells: not fitted on
     rows = pd.Series(np.arange(adata.n_obs), index=adata.obs_names)
     labels = adata.obs["cell_type"].astype(str)
     annotator = ANNOTATOR[peer](peer, {}, 0, adata.var_names).fit(LabelledCells(adata.X[rows[fit]],

@@ -120,8 +120,10 @@ def test_predictions_written_in_parts_equal_one_table(tmp_path):
     probabilities = rng.dirichlet(np.ones(3), size=25)
     cells = pd.Index([f"c{i}" for i in range(25)])
     truth = rng.choice(classes, 25)
-    io.write_tsv(predictions_table(cells, truth, probabilities, classes), tmp_path / "whole.tsv")
-    parts = [(cells[i:i + 10], truth[i:i + 10], probabilities[i:i + 10]) for i in range(0, 25, 10)]
+    rejection, abstained = rng.random(25), rng.random(25) > 0.8
+    io.write_tsv(predictions_table(cells, truth, probabilities, classes, rejection, abstained), tmp_path / "whole.tsv")
+    parts = [(cells[i:i + 10], truth[i:i + 10], probabilities[i:i + 10], rejection[i:i + 10], abstained[i:i + 10])
+             for i in range(0, 25, 10)]
     write_predictions(iter(parts), classes, str(tmp_path / "parts.tsv"))
     assert (tmp_path / "parts.tsv").read_bytes() == (tmp_path / "whole.tsv").read_bytes()
     write_predictions(iter([]), classes, str(tmp_path / "none.tsv"))
@@ -166,9 +168,9 @@ def test_embedding_baseline_on_the_split_cells_in_chunks_matches_the_whole_matri
     settings = {"encoder_file": str(tmp_path / "encoder.pt"), "batch_size": 50}
     method_stage("knn_embedding", settings, 0, str(symphony["path"]), str(tmp_path / "splits.tsv"), "cv0",
                  str(tmp_path / "model"), str(tmp_path / "streamed.tsv"), RunContext(chunk_cells=37, buffer_cells=90))
-    # the whole matrix in memory, embedded at once, the estimator fitted on the train + val cells' embedding
+    # the whole matrix in memory, embedded at once, the estimator fitted on the training cells' embedding
     embedding, y = predict_batches(encoder, adata.X), symphony["y"]
-    fit = np.concatenate([symphony["train"], symphony["val"]])
+    fit = symphony["train"]
     memory = BaselineAnnotator("knn_embedding", {}, 0).fit(LabelledCells(embedding[fit], y[fit]))
     streamed = pd.read_csv(tmp_path / "streamed.tsv", sep="\t").set_index("cell_id")
     test_ids = adata.obs_names[symphony["test"]]

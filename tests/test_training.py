@@ -61,15 +61,22 @@ def symphony_annotation(shared_data, tmp_path_factory):
     return workdir, config
 
 
+def assert_abstains_above_the_validation_threshold(query: ad.AnnData) -> None:
+    """Cells are unassigned exactly where the rejection score passes the threshold set on validation cells."""
+    threshold = query.uns["sclabel_annotation"]["rejection_threshold"]
+    unassigned = query.obs["predicted_cell_type"].astype(str) == "unassigned"
+    assert (unassigned == (query.obs["rejection_score"] > threshold)).all()
+    assert unassigned.mean() < 0.5
+
+
 def test_annotated_query_has_predictions_confidence_and_embedding(symphony_annotation):
     workdir, _ = symphony_annotation
     query = ad.read_h5ad(workdir / "results/annotate/donorA.h5ad")
     assert query.n_obs == 2896
     assert query.obsm["X_sclabel"].shape == (2896, 200)
-    confidence = query.obs["prediction_confidence"]
-    assert confidence.between(0, 1).all()
+    assert query.obs["prediction_confidence"].between(0, 1).all()
     predicted = query.obs["predicted_cell_type"].astype(str)
-    assert (predicted[confidence < 0.5] == "unassigned").all() and (predicted[confidence >= 0.5] != "unassigned").all()
+    assert_abstains_above_the_validation_threshold(query)
     # a PBMC sample: T cells and monocytes are the commonest predictions, as in the reference
     top = predicted[predicted != "unassigned"].value_counts().index[:3].tolist()
     assert {"T_CD4", "Mono_CD14"} & set(top)
@@ -78,19 +85,23 @@ def test_annotated_query_has_predictions_confidence_and_embedding(symphony_annot
     assert summary["cells"].sum() == 2896
 
 
-@pytest.mark.parametrize("method", ["logreg", "celltypist"])
+@pytest.mark.parametrize("method", ["logreg", "celltypist", "consensus"])
 def test_any_registered_method_annotates_with_the_same_contract(symphony_annotation, shared_data, tmp_path, method):
     workdir, config = symphony_annotation
-    config = {**config, "annotate": {**config["annotate"], "method": method}}
+    config = {**config, "annotate": {**config["annotate"], "method": method},
+              "consensus": {"members": ["mlp", "logreg"]}}
     snakemake(workdir, write_config(tmp_path, config), "annotate")
     query = ad.read_h5ad(workdir / "results/annotate/donorA.h5ad")
     assert query.n_obs == 2896 and query.uns["sclabel_annotation"]["method"] == method
     assert "X_sclabel" not in query.obsm  # these methods have no embedding
     obs = query.obs
-    np.testing.assert_allclose(obs["rejection_score"], 1 - obs["prediction_confidence"], atol=1e-9)
+    if method == "logreg":  # its rejection score is the default one
+        np.testing.assert_allclose(obs["rejection_score"], 1 - obs["prediction_confidence"], atol=1e-9)
+    if method == "consensus":  # popV's: the share of its 2 members that disagree with it
+        assert set(np.round(obs["rejection_score"], 6)) <= {0.0, 0.5, 1.0}
+    if method != "celltypist":  # CellTypist abstains by its own rule
+        assert_abstains_above_the_validation_threshold(query)
     predicted = obs["predicted_cell_type"].astype(str)
-    assert (predicted[obs["prediction_confidence"] < 0.5] == "unassigned").all()
-    assert (predicted[obs["prediction_confidence"] >= 0.5] != "unassigned").all()
     top = predicted[predicted != "unassigned"].value_counts().index[:3].tolist()
     assert {"T_CD4", "Mono_CD14"} & set(top)
     model = workdir / f"results/models/{method}/final"
@@ -103,10 +114,11 @@ def test_majority_voting_adds_clusters_and_their_majority_beside_the_per_cell_la
     config = {**config, "annotate": {**config["annotate"], "queries": donor_a_query(shared_data),
                                      "majority_voting": True}}
     snakemake(workdir, write_config(tmp_path, config), "annotate")
-    obs = ad.read_h5ad(workdir / "results/annotate/donorA.h5ad").obs
+    annotated = ad.read_h5ad(workdir / "results/annotate/donorA.h5ad")
+    obs, threshold = annotated.obs, annotated.uns["sclabel_annotation"]["rejection_threshold"]
     predicted, voted = obs["predicted_cell_type"].astype(str), obs["majority_voting"].astype(str)
-    # the per-cell labels are kept as without voting: unassigned exactly below the threshold
-    assert (predicted[obs["prediction_confidence"] < 0.5] == "unassigned").all()
+    # the per-cell labels are kept as without voting: unassigned exactly above the validation-set threshold
+    assert ((predicted == "unassigned") == (obs["rejection_score"] > threshold)).all()
     # every cluster carries one voted label, its commonest per-cell prediction
     frame = pd.DataFrame({"cluster": obs["over_clustering"].astype(str), "predicted": predicted, "voted": voted})
     assert frame["cluster"].nunique() > 9

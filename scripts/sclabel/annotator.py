@@ -84,6 +84,7 @@ class Annotator(ABC):
         self.genes = [str(gene) for gene in genes]
         self.classes = np.array([], dtype=str)
         self.preprocessing: dict[str, Any] = {}
+        self.rejection_threshold: float | None = None  # set on validation cells by ``calibrate_abstention``
 
     @abstractmethod
     def fit(self, train: LabelledCells, validation: LabelledCells | None = None) -> Annotator:
@@ -96,6 +97,34 @@ class Annotator(ABC):
     def rejection_score(self, X: Any) -> np.ndarray:
         """How unlike every known class each cell is, in [0, 1] (default: 1 - highest class probability)."""
         return 1.0 - self.predict_proba(X).max(axis=1)
+
+    def own_abstention(self, rejection: np.ndarray) -> np.ndarray | None:
+        """The method's own abstention rule on its rejection scores (None: the validation-calibrated threshold)."""
+        return None
+
+    def calibrate_abstention(self, validation: LabelledCells | None, known_abstention: float) -> None:
+        """Set the rejection threshold that leaves ``known_abstention`` of the validation cells unassigned.
+
+        Validation cells are cells the method did not fit on, of known types: the threshold is the
+        (1 - ``known_abstention``) quantile of their rejection scores. Without validation cells nothing abstains.
+        """
+        from sclabel.store import row_chunks
+
+        if validation is None or not len(validation.labels):
+            self.rejection_threshold = None
+            return
+        scores = np.concatenate([self.rejection_score(chunk)
+                                 for chunk in row_chunks(validation.X, self.context.chunk_cells)])
+        self.rejection_threshold = float(np.quantile(scores, 1.0 - known_abstention, method="higher"))
+
+    def abstains(self, rejection: np.ndarray) -> np.ndarray:
+        """Whether each cell is left unassigned: the method's own rule, else its calibrated rejection threshold."""
+        own = self.own_abstention(rejection)
+        if own is not None:
+            return np.asarray(own, dtype=bool)
+        if self.rejection_threshold is None:
+            return np.zeros(len(rejection), dtype=bool)
+        return np.asarray(rejection) > self.rejection_threshold
 
     def top_genes(self) -> pd.DataFrame:
         """Genes ranked per cell type (cell_type, gene, score, rank) from the fitted model alone."""
@@ -133,6 +162,7 @@ class Annotator(ABC):
                         (folder / "genes.txt").read_text().splitlines())
         annotator.classes = np.asarray(manifest["classes"], dtype=str)
         annotator.preprocessing = dict(manifest["preprocessing"])
+        annotator.rejection_threshold = manifest.get("rejection_threshold")
         annotator.load_arrays(folder, manifest["meta"])
         return annotator
 
@@ -142,7 +172,8 @@ def write_manifest(folder: Path, annotator: Annotator, meta: Mapping[str, Any]) 
     packages = ("sclabel", "numpy", *annotator.version_bound)
     manifest = {"format": FORMAT, "method": annotator.method, "classes": [str(c) for c in annotator.classes],
                 "n_genes": len(annotator.genes), "settings": annotator.settings, "seed": annotator.seed,
-                "preprocessing": annotator.preprocessing, "python": platform.python_version(),
+                "preprocessing": annotator.preprocessing, "rejection_threshold": annotator.rejection_threshold,
+                "python": platform.python_version(),
                 "versions": {**package_versions(packages), "sclabel": __version__},
                 "version_bound": list(annotator.version_bound), "meta": dict(meta)}
     (folder / "genes.txt").write_text("".join(f"{gene}\n" for gene in annotator.genes))
@@ -196,10 +227,8 @@ def save_not_run(folder: str | os.PathLike[str], method: str, reason: str) -> No
         (tmp / MANIFEST).write_text(json.dumps({"format": FORMAT, "method": method, "not_run": reason}) + "\n")
 
 
-def predicted_labels(annotator: Annotator, probabilities: np.ndarray, threshold: float = 0.0,
-                     rejection: np.ndarray | None = None) -> np.ndarray:
-    """Most probable class per cell; ``unassigned`` where the rejection score exceeds 1 - ``threshold``."""
-    labels = annotator.classes.astype(object)[probabilities.argmax(axis=1)]
-    score = 1.0 - probabilities.max(axis=1) if rejection is None else rejection
-    labels[score > 1.0 - threshold] = UNASSIGNED
+def predicted_labels(classes: np.ndarray, probabilities: np.ndarray, abstained: np.ndarray) -> np.ndarray:
+    """Most probable class per cell; ``unassigned`` where the method abstained."""
+    labels = np.asarray(classes).astype(object)[probabilities.argmax(axis=1)]
+    labels[np.asarray(abstained, dtype=bool)] = UNASSIGNED
     return labels.astype(str)

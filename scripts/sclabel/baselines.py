@@ -2,8 +2,8 @@
 
 Every baseline is a scikit-learn estimator built from a per-baseline settings dict (missing keys take the defaults
 below, unknown keys are refused) and an explicit seed. ``BaselineAnnotator`` is the ``sclabel.annotator.Annotator``
-of every baseline: it fits the estimator on a split's training and validation cells together (no baseline stops
-early), gives class probabilities in the order of ``classes`` (the sorted training classes), and saves the fitted
+of every baseline: it fits the estimator on a split's training cells (the validation cells only set its abstention
+threshold), gives class probabilities in the order of ``classes`` (the sorted training classes), and saves the fitted
 estimator with skops (``model.skops``), loaded back only with the types of ``TRUSTED_TYPES``. The embedding
 baselines' annotator, which also embeds cells with a pretrained encoder, is ``sclabel.embedding_baselines``'s
 (torch).
@@ -421,19 +421,8 @@ def load_estimator(path: Path) -> BaseEstimator:
     return skops.io.load(path, trusted=list(TRUSTED_TYPES))
 
 
-def training_cells(train: LabelledCells, validation: LabelledCells | None) -> tuple[Any, np.ndarray]:
-    """Training and validation cells as one matrix (two views of one store stay unread) and their labels."""
-    if validation is None or not len(validation.labels):
-        return train.X, np.asarray(train.labels)
-    labels = np.concatenate([np.asarray(train.labels), np.asarray(validation.labels)])
-    if isinstance(train.X, RowView) and isinstance(validation.X, RowView) and train.X.store is validation.X.store:
-        return RowView(train.X.store, np.concatenate([train.X.rows, validation.X.rows])), labels
-    parts = [in_memory(train.X), in_memory(validation.X)]
-    return (sp.vstack(parts, format="csr") if any(map(sp.issparse, parts)) else np.vstack(parts)), labels
-
-
 class BaselineAnnotator(Annotator):
-    """A classical baseline (``BASELINES``) as an annotator: fitted on training + validation cells, saved with skops."""
+    """A classical baseline (``BASELINES``) as an annotator: fitted on the training cells, saved with skops."""
 
     version_bound: ClassVar[tuple[str, ...]] = ("scikit-learn",)
 
@@ -450,8 +439,8 @@ class BaselineAnnotator(Annotator):
         return X
 
     def fit(self, train: LabelledCells, validation: LabelledCells | None = None) -> BaselineAnnotator:
-        X, labels = training_cells(train, validation)
-        self.model = fit_baseline(self.method, self.estimator_settings(), self.features(X), labels, self.seed,
+        self.model = fit_baseline(self.method, self.estimator_settings(), self.features(train.X),
+                                  np.asarray(train.labels), self.seed,
                                   self.context.chunk_cells)
         self.classes = np.asarray(self.model.classes_).astype(str)
         return self

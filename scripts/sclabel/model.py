@@ -162,4 +162,5 @@ class CellTypeAnnotator(Annotator):
         model.load_arrays(folder, {})
         model.training = meta["training"]
         model.seed = manifest["seed"]
+        model.rejection_threshold = manifest.get("rejection_threshold")
         return model

@@ -1,7 +1,7 @@
 """Published annotators run as peers of the workflow's methods: CellTypist and SingleR (BiocPy ``singler``).
 
 Each peer is an ``Annotator`` (``CelltypistAnnotator``, ``SinglerAnnotator``) run by ``method_stage`` like every
-method: fitted on the split's train + validation cells of the workflow's preprocessed matrix (in memory or a store's
+method: fitted on the split's training cells of the workflow's preprocessed matrix (in memory or a store's
 ``RowView``), saved under ``results/models/{method}/{split}`` and predicting the test cells; its settings are the
 peer's defaults (``DEFAULTS``) updated by the config, unknown keys refused. Nothing is pickled: CellTypist's classifier
 and scaler are skops files (loaded only as those scikit-learn types) rebuilt into a ``celltypist.models.Model``;
@@ -72,7 +72,7 @@ from sclabel.annotator import Annotator, LabelledCells, MethodNotRunnable, RunCo
 from sclabel.baselines import stored_values, stratified_sample
 from sclabel.errors import InputError, one_line
 from sclabel.ranking import rank_table
-from sclabel.store import DEFAULT_CHUNK_CELLS, RowView, in_memory, row_chunks, take_rows
+from sclabel.store import DEFAULT_CHUNK_CELLS, in_memory, row_chunks, take_rows
 
 log = logging.getLogger("sclabel")
 
@@ -263,21 +263,8 @@ def load_skops(path: Path, allowed: Sequence[type]) -> Any:
     return loaded
 
 
-def pooled(train: LabelledCells, validation: LabelledCells | None) -> LabelledCells:
-    """Training and validation cells as one training set (peers train on both); a store's rows in store order."""
-    if validation is None or not len(validation.labels):
-        return LabelledCells(train.X, np.asarray(train.labels).astype(str))
-    labels = np.concatenate([train.labels, validation.labels]).astype(str)
-    if isinstance(train.X, RowView) and isinstance(validation.X, RowView) and train.X.store is validation.X.store:
-        rows = np.concatenate([train.X.rows, validation.X.rows])
-        order = np.argsort(rows, kind="stable")
-        return LabelledCells(RowView(train.X.store, rows[order]), labels[order])
-    matrices = [sp.csr_matrix(in_memory(cells.X)) for cells in (train, validation)]
-    return LabelledCells(sp.vstack(matrices, format="csr"), labels)
-
-
 class CelltypistAnnotator(Annotator):
-    """CellTypist 1.7.1 trained on training + validation cells; saved as its classifier and scaler in skops files."""
+    """CellTypist 1.7.1 trained on the training cells; saved as its classifier and scaler in skops files."""
 
     version_bound = ("scikit-learn", "celltypist")
     CLASSIFIER, SCALER = "classifier.skops", "scaler.skops"
@@ -288,8 +275,8 @@ class CelltypistAnnotator(Annotator):
         self.model: Any = None  # a celltypist.models.Model
 
     def fit(self, train: LabelledCells, validation: LabelledCells | None = None) -> CelltypistAnnotator:
-        """Train CellTypist on training + validation cells; ``PeerNotRunnable`` when the data breaks its checks."""
-        cells = pooled(train, validation)
+        """Train CellTypist on the training cells; ``PeerNotRunnable`` when the data breaks its checks."""
+        cells = LabelledCells(train.X, np.asarray(train.labels).astype(str))
         target_sum = self.context.target_sum
         check_log1p_scale([cells.X], target_sum, self.context.chunk_cells)  # one reason naming the largest value
         self.model = celltypist_train(cells.X, cells.labels, np.asarray(self.genes, dtype=str), self.seed,
@@ -369,7 +356,7 @@ def markers_from_arrays(arrays: Mapping[str, np.ndarray], classes: np.ndarray,
 
 
 class SinglerAnnotator(Annotator):
-    """SingleR (BiocPy ``singler``) with a reference of training + validation cells or profiles aggregated from them.
+    """SingleR (BiocPy ``singler``) with a reference of training cells or profiles aggregated from them.
 
     Saved as ``reference.npz``: the reference profiles over the marker genes (CSR arrays), their labels and the
     pairwise markers; loading rebuilds SingleR's reference with ``train_single`` on exactly these.
@@ -385,9 +372,9 @@ class SinglerAnnotator(Annotator):
         self.reference: Any = None  # singler's TrainedSingleReference, built from ``state``
 
     def fit(self, train: LabelledCells, validation: LabelledCells | None = None) -> SinglerAnnotator:
-        """Markers from the training + validation cells, the reference from them or their per-type aggregates."""
+        """Markers from the training cells, the reference from them or their per-type aggregates."""
         singler = import_peer("singler")
-        cells = pooled(train, validation)
+        cells = LabelledCells(train.X, np.asarray(train.labels).astype(str))
         settings, threads = self.settings, self.context.threads
         aggregate = len(cells.labels) > settings["aggregate_cells"]
         if aggregate and settings["aggregate_power"] > 0:

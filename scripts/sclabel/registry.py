@@ -16,6 +16,7 @@ from typing import Any
 FAMILIES = {
     "baseline": "a classical classifier on the normalised matrix (rule baseline)",
     "control": "a chance-level control (rule baseline)",
+    "ensemble": "a combination of other methods' predictions (rule consensus)",
     "embedding_baseline": "a classical classifier on a pretrained encoder's embedding (rule embedding_baseline)",
     "neural": "an encoder + classifier head, optionally pretrained (rules pretrain, finetune)",
     "peer": "a published annotator in its own env (rule peer)",
@@ -107,6 +108,10 @@ METHODS: dict[str, Method] = {m.name: m for m in [
            "SingleR (BiocPy singler 0.5.0), Spearman correlation to the reference cells over pairwise marker genes",
            threads="peers.threads",
            at_scale="reference aggregated per type (scranpy) above peers.singler.aggregate_cells training cells"),
+    Method("consensus", "ensemble", "sclabel.consensus:ConsensusAnnotator", "sklearn", "consensus",
+           "consensus of the benchmarked methods: probabilities weighted per class by each member's validation "
+           "F1^alpha (CAWPE), members' agreement as rejection score (popV)",
+           at_scale="combines the members' prediction tables"),
 ]}
 
 

@@ -17,11 +17,12 @@ import pandas as pd
 import torch
 
 from sclabel import io, registry, splits
+from sclabel.annotator import LabelledCells
 from sclabel.errors import InputError
 from sclabel.model import CellTypeAnnotator
 from sclabel.nn.encoders import build_encoder, pick_device, seed_everything
 from sclabel.nn.finetune import FinetuneSettings
-from sclabel.predictions import write_predictions
+from sclabel.predictions import write_annotator_predictions
 from sclabel.splits import read_split
 from sclabel.store import DEFAULT_BUFFER_CELLS, DEFAULT_CHUNK_CELLS, CellStore
 
@@ -162,11 +163,13 @@ def finetune_settings(settings: Mapping[str, Any]) -> FinetuneSettings:
 def finetune_stage(method: str, encoder_hparams: Mapping[str, Any], settings: Mapping[str, Any],
                    preprocessing: Mapping[str, Any], input_h5ad: str, splits_file: str, split: str,
                    pretrained: str | None, checkpoint_root: str, output_model: str,
-                   output_predictions: str | None, store_settings: Mapping[str, Any] | None = None) -> None:
-    """Fine-tune a classifier on the split's training cells, stop early on its validation cells, predict its test cells.
+                   output_predictions: str | None, store_settings: Mapping[str, Any] | None = None,
+                   output_validation: str | None = None, known_abstention: float = 0.05) -> None:
+    """Fine-tune a classifier on the split's training cells, stop early and set its abstention threshold on its
+    validation cells; predict its validation and test cells.
 
-    Only the split's cells are read from disk: training streams them ``buffer_cells`` rows at a time, the test cells
-    are predicted and written ``chunk_cells`` at a time (``store_settings``: the config's store block).
+    Only the split's cells are read from disk: training streams them ``buffer_cells`` rows at a time, the validation
+    and test cells are predicted and written ``chunk_cells`` at a time (``store_settings``: the config's store block).
     """
     _, encoder_kind = parse_method(method)
     store_settings = {"chunk_cells": DEFAULT_CHUNK_CELLS, "buffer_cells": DEFAULT_BUFFER_CELLS,
@@ -179,7 +182,7 @@ def finetune_stage(method: str, encoder_hparams: Mapping[str, Any], settings: Ma
             raise InputError(splits_file, f"{split} validation cells", "no validation cells for early stopping",
                              "set split.val_fraction above 0 (e.g. 0.1)")
         known = set(labels[train])
-        val = val[labels[val].isin(known)]
+        all_val, val = val, val[labels[val].isin(known)]
         genes = list(store.var_names)
         encoder_settings, _ = split_encoder_settings(encoder_hparams)
         model = CellTypeAnnotator(genes, sorted(known), encoder_kind, encoder_settings,
@@ -197,9 +200,10 @@ def finetune_stage(method: str, encoder_hparams: Mapping[str, Any], settings: Ma
                             buffer_cells=store_settings["buffer_cells"])
         log.info("%s on %s: best epoch %s, validation macro F1 %.3f (training from epoch %s)", method, split,
                  history["best_epoch"], history["best_val_macro_f1"], history["start_epoch"])
+        model.calibrate_abstention(LabelledCells(store.view(store.rows_of(val)), labels[val].to_numpy()),
+                                   known_abstention)
         model.save(output_model)
-        if output_predictions:
-            chunks = store.chunks(store.rows_of(test), store_settings["chunk_cells"])
-            write_predictions(((store.obs_names[rows], labels.iloc[rows].to_numpy(), model.predict_proba(block))
-                               for rows, block in chunks), np.array(model.labels), output_predictions)
+        for ids, output in ((all_val, output_validation), (test, output_predictions)):
+            if output:
+                write_annotator_predictions(model, store, labels, ids, output, store_settings["chunk_cells"])
     shutil.rmtree(checkpoint_root, ignore_errors=True)

@@ -1,7 +1,15 @@
+def annotate_member_tables(wildcards):
+    """Per query, the consensus members' predictions on it (only when the consensus annotates)."""
+    if ANNOTATE_METHOD != "consensus":
+        return []
+    return [f"results/annotate/members/{method}/{query}.tsv" for query in QUERIES for method in CONSENSUS_MEMBERS]
+
+
 rule annotate:
     input:
         model=f"results/models/{ANNOTATE_METHOD}/final",
         queries=expand("results/data/raw/{dataset}.h5ad", dataset=QUERIES),
+        members=annotate_member_tables,
     output:
         annotated=[
             report(path, category="Annotation", caption="../report/annotate.rst")
@@ -16,6 +24,7 @@ rule annotate:
         settings=config["annotate"],
         target_sum=config["qc"]["target_sum"],
         store=config["store"],
+        members_per_query=len(CONSENSUS_MEMBERS),
     log:
         "results/logs/annotate.log",
     benchmark:
@@ -24,3 +33,25 @@ rule annotate:
         method_env(ANNOTATE_METHOD)
     script:
         "../../scripts/annotate.py"
+
+
+rule annotate_member:
+    input:
+        model="results/models/{method}/final",
+        query="results/data/raw/{query}.h5ad",
+    output:
+        temp("results/annotate/members/{method}/{query}.tsv"),
+    wildcard_constraints:
+        method=one_of(MEMBER_METHODS),
+    params:
+        settings=config["annotate"],
+        target_sum=config["qc"]["target_sum"],
+        store=config["store"],
+    log:
+        "results/logs/annotate/{method}/{query}.log",
+    benchmark:
+        "results/benchmarks/annotate/{method}/{query}.tsv"
+    conda:
+        env_of_method
+    script:
+        "../../scripts/annotate_member.py"

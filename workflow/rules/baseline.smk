@@ -7,6 +7,7 @@ BASELINE_PARAMS = {
     "seed": config["baseline"]["seed"],
     "store": config["store"],
     "target_sum": config["qc"]["target_sum"],
+    "known_abstention": config["abstention"]["known_rate"],
 }
 EMBEDDING = config["baseline"]["embedding"]
 EMBEDDING_PARAMS = {
@@ -21,6 +22,7 @@ rule baseline:
         splits="results/splits/splits.tsv",
     output:
         model=directory("results/models/{method}/{split}"),
+        validation="results/validation/{method}/{split}.tsv",
         predictions="results/predictions/{method}/{split}.tsv",
     wildcard_constraints:
         method=one_of(PLAIN_BASELINES),
@@ -44,6 +46,7 @@ rule baseline_final:
         splits="results/splits/splits.tsv",
     output:
         model=directory("results/models/{method}/final"),
+        validation="results/validation/{method}/final.tsv",
     wildcard_constraints:
         method=one_of(PLAIN_BASELINES),
     params:
@@ -66,6 +69,7 @@ rule embedding_baseline:
         encoder=f"results/pretrain/{EMBEDDING}/{{split}}/encoder.pt",
     output:
         model=directory("results/models/{method}/{split}"),
+        validation="results/validation/{method}/{split}.tsv",
         predictions="results/predictions/{method}/{split}.tsv",
     wildcard_constraints:
         method=one_of(EMBEDDING_BASELINES),
@@ -90,6 +94,7 @@ rule embedding_baseline_final:
         encoder=f"results/pretrain/{EMBEDDING}/final/encoder.pt",
     output:
         model=directory("results/models/{method}/final"),
+        validation="results/validation/{method}/final.tsv",
     wildcard_constraints:
         method=one_of(EMBEDDING_BASELINES),
     params:

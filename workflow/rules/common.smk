@@ -9,6 +9,8 @@ from sclabel import registry  # the method registry: every method name, family, 
 EMBEDDING_BASELINES = registry.names("embedding_baseline")
 PLAIN_BASELINES = registry.names("baseline", "control")
 PEERS = registry.names("peer")
+# every method a consensus may combine: all but the ensembles
+MEMBER_METHODS = registry.names("baseline", "control", "embedding_baseline", "neural", "peer")
 
 
 wildcard_constraints:
@@ -56,6 +58,15 @@ if EMBEDDING is None or EMBEDDING.pretrain is None:
     raise ValueError(
         f"config: baseline.embedding: '{config['baseline']['embedding']}' is not a pretrained neural method. "
         f"Fix: use one of {', '.join(m for m in registry.names('neural') if registry.get(m).pretrain)}"
+    )
+CONSENSUS_MEMBERS = config["consensus"]["members"] or [
+    m for m in METHODS if registry.METHODS.get(m) and registry.get(m).family not in ("control", "ensemble")
+]
+bad_members = [m for m in CONSENSUS_MEMBERS if registry.METHODS.get(m) is None or registry.get(m).family == "ensemble"]
+if bad_members or ("consensus" in METHODS and not set(CONSENSUS_MEMBERS) <= set(METHODS)):
+    raise ValueError(
+        f"config: consensus.members: {', '.join(sorted(set(bad_members) | (set(CONSENSUS_MEMBERS) - set(METHODS))))} "
+        "cannot be combined. Fix: list registered, benchmarked methods (see methods), or leave it empty for all"
     )
 ANNOTATE_METHOD = config["annotate"]["method"]
 if QUERIES and ANNOTATE_METHOD not in registry.METHODS:

@@ -8,6 +8,7 @@ FINETUNE_PARAMS = {
     },
     "checkpoints": lambda wildcards: f"results/checkpoints/{wildcards.method}/{wildcards.get('split', 'final')}",
     "store": config["store"],
+    "known_abstention": config["abstention"]["known_rate"],
 }
 
 
@@ -18,6 +19,7 @@ rule finetune:
         pretrained=pretrained_encoder,
     output:
         model=directory("results/models/{method}/{split}"),
+        validation="results/validation/{method}/{split}.tsv",
         predictions="results/predictions/{method}/{split}.tsv",
     wildcard_constraints:
         method=one_of(NEURAL_METHODS),
@@ -44,6 +46,7 @@ rule train_final:
         pretrained=pretrained_encoder,
     output:
         model=directory("results/models/{method}/final"),
+        validation="results/validation/{method}/final.tsv",
     wildcard_constraints:
         method=one_of(NEURAL_METHODS),
     params:

@@ -6,6 +6,7 @@ PEER_PARAMS = {
     "seed": config["peers"]["seed"],
     "target_sum": config["qc"]["target_sum"],
     "chunk_cells": config["store"]["chunk_cells"],
+    "known_abstention": config["abstention"]["known_rate"],
 }
 
 
@@ -15,6 +16,7 @@ rule peer:
         splits="results/splits/splits.tsv",
     output:
         model=directory("results/models/{method}/{split}"),
+        validation="results/validation/{method}/{split}.tsv",
         predictions="results/predictions/{method}/{split}.tsv",
     wildcard_constraints:
         method=one_of(PEERS),
@@ -38,6 +40,7 @@ rule peer_final:
         splits="results/splits/splits.tsv",
     output:
         model=directory("results/models/{method}/final"),
+        validation="results/validation/{method}/final.tsv",
     wildcard_constraints:
         method=one_of(PEERS),
     params:

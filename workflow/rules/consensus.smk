@@ -1,0 +1,58 @@
+# The consensus of the benchmarked methods (sclabel.consensus): weighted per class by each member's F1 on the
+# split's validation cells, which no member was fitted on; it combines the members' prediction tables, so it needs
+# none of their envs.
+CONSENSUS_PARAMS = {
+    "settings": config["consensus"],
+    "known_abstention": config["abstention"]["known_rate"],
+}
+
+
+def consensus_inputs(folder):
+    """The members' files under ``folder`` (validation, predictions or models) for the job's split."""
+
+    def inputs(wildcards):
+        split = wildcards.get("split", "final")
+        suffix = "" if folder == "models" else ".tsv"
+        return expand(f"results/{folder}/{{method}}/{split}{suffix}", method=CONSENSUS_MEMBERS)
+
+    return inputs
+
+
+rule consensus:
+    input:
+        validation=consensus_inputs("validation"),
+        predictions=consensus_inputs("predictions"),
+        models=consensus_inputs("models"),
+    output:
+        model=directory("results/models/consensus/{split}"),
+        predictions="results/predictions/consensus/{split}.tsv",
+    wildcard_constraints:
+        split=r"cv[0-9]+|lodo_[A-Za-z0-9_-]+",
+    params:
+        **CONSENSUS_PARAMS,
+    log:
+        "results/logs/consensus/{split}.log",
+    benchmark:
+        "results/benchmarks/consensus/{split}.tsv"
+    conda:
+        "../../envs/sklearn.yaml"
+    script:
+        "../../scripts/consensus.py"
+
+
+rule consensus_final:
+    input:
+        validation=consensus_inputs("validation"),
+        models=consensus_inputs("models"),
+    output:
+        model=directory("results/models/consensus/final"),
+    params:
+        **CONSENSUS_PARAMS,
+    log:
+        "results/logs/consensus/final.log",
+    benchmark:
+        "results/benchmarks/consensus/final.tsv"
+    conda:
+        "../../envs/sklearn.yaml"
+    script:
+        "../../scripts/consensus.py"
