@@ -12,8 +12,9 @@ import pandas as pd
 import pytest
 import scipy.io
 import scipy.sparse as sp
+from sklearn.metrics import accuracy_score, f1_score
 
-from sclabel import datasets, qc
+from sclabel import datasets, evaluation, io, qc, splits
 from sclabel.errors import InputError
 
 GENES = [f"G{i}" for i in range(6)] + ["MT-CO1"]
@@ -230,3 +231,120 @@ def test_no_shared_genes(tmp_path, counts, cells, labels):
     with pytest.raises(InputError) as err:
         qc.combine([first, second], "inner", "keep", ["a", "b"])
     assert_one_line(err, "a, b", "share no gene names")
+
+
+NA_LIKE = ["NA", "None", "nan", "null"]  # cell types pandas' read_csv would turn into NaN
+NA_LIKE_IDS = ["NA", "None", "nan", "null", "001", "1", "1.0", "TRUE"]  # ids pandas would read as NaN, numbers, bool
+PASS_ALL = {"min_genes": 1, "max_pct_mito": 100, "mito_prefix": "MT-", "min_cells": 0, "target_sum": 1e4}
+
+
+def write_csv_dataset(tmp_path: Path, counts, cells, labels: list[str]) -> dict:
+    """A CSV expression table with a separate labels table; returns its dataset spec."""
+    pd.DataFrame(counts.toarray(), index=cells, columns=GENES).to_csv(tmp_path / "expr.csv")
+    pd.Series(labels, index=cells, name="ct").to_csv(tmp_path / "labels.csv")
+    return {"source": str(tmp_path / "expr.csv"), "format": "csv", "labels": str(tmp_path / "labels.csv")}
+
+
+@pytest.mark.parametrize("fmt", ["h5ad", "csv"])
+def test_labels_and_ids_pandas_reads_as_missing_round_trip_to_class_counts_and_metrics(tmp_path, counts, fmt):
+    labels = NA_LIKE * 2
+    spec = ({"source": str(write_h5ad(tmp_path, counts, NA_LIKE_IDS, {"ct": labels}))} if fmt == "h5ad"
+            else write_csv_dataset(tmp_path, counts, NA_LIKE_IDS, labels))
+    raw, qc_file, combined = (str(tmp_path / name) for name in ("raw.h5ad", "qc.h5ad", "combined.h5ad"))
+    datasets.download_stage("toy", {**spec, "label_key": "ct"}, {"retries": 0, "timeout_s": 5.0}, raw,
+                            str(tmp_path / "dl"), chunk_cells=3)
+    qc.qc_stage(raw, PASS_ALL, qc_file, str(tmp_path / "qc.tsv"), chunk_cells=3)
+    qc.harmonise_stage([qc_file], ["toy"], {"gene_join": "inner", "case": "keep", "renormalise": False}, 1e4,
+                       combined, str(tmp_path / "genes.tsv"), chunk_cells=3)
+    adata = ad.read_h5ad(combined)
+    assert adata.obs_names.tolist() == NA_LIKE_IDS and adata.obs["cell_type"].tolist() == labels
+    splits_file, class_counts = str(tmp_path / "splits.tsv"), str(tmp_path / "class_counts.tsv")
+    settings = {"scheme": "cv", "n_folds": 2, "val_fraction": 0.0, "seed": 0}
+    splits.split_stage(combined, settings, splits_file, class_counts)
+    assert sorted(splits.read_split(splits_file, "cv1").index) == sorted(NA_LIKE_IDS)
+    counts_table = io.read_tsv(class_counts, ["split", "cell_type"])
+    assert counts_table.groupby("cell_type")["total"].max().to_dict() == {label: 2 for label in NA_LIKE}
+
+    # a prediction whose true label is "NA" is scored as the class "NA", not as a missing label
+    test = splits.read_split(splits_file, "cv1").eq(splits.TEST)
+    cells = adata.obs.loc[test[test].index, "cell_type"].astype(str)
+    predicted = cells.where(cells != "nan", "NA")  # 'nan' cells predicted as 'NA': 2 of 4 right
+    prediction = Path(tmp_path / "predictions/logreg/cv1.tsv")
+    prediction.parent.mkdir(parents=True)
+    pd.DataFrame({"cell_id": cells.index, "true": cells.to_numpy(), "predicted": predicted.to_numpy(),
+                  "confidence": 0.9}).to_csv(prediction, sep="\t", index=False)
+    out = [str(tmp_path / f"{name}.tsv") for name in ("metrics", "summary", "per_class", "confusion")]
+    evaluation.evaluate_stage([str(prediction)], class_counts, {"unassigned_threshold": 0.0, "rare_fraction": 0.05},
+                              *out)
+    scores = io.read_tsv(out[0], ["method"]).set_index("metric")["value"]
+    assert scores["accuracy"] == pytest.approx(accuracy_score(cells, predicted))
+    assert scores["macro_f1"] == pytest.approx(f1_score(cells, predicted, average="macro"))
+    per_class = io.read_tsv(out[2], ["cell_type"]).set_index("cell_type")
+    assert sorted(per_class.index) == sorted(NA_LIKE) and per_class.loc["NA", "precision"] == 0.5
+
+
+def test_labels_are_stripped_before_the_label_map(tmp_path, counts, cells):
+    path = write_h5ad(tmp_path, counts, cells, {"ct": [" T ", "B\t", "NA ", " T"] * 2})
+    adata = standard(path, label_key="ct", label_map={" B ": "B cell"})
+    assert adata.obs["cell_type"].tolist() == ["T", "B cell", "NA", "T"] * 2
+
+
+def test_blank_label_is_missing(tmp_path, counts, cells):
+    spec = write_csv_dataset(tmp_path, counts, cells, ["T", "  ", "B", "", "T", "B", "T", "B"])
+    with pytest.raises(InputError) as err:
+        standard(Path(spec["source"]), **spec, label_key="ct")
+    assert_one_line(err, spec["labels"], "obs['ct']", "2 cells have no label", f"'{cells[1]}'")
+
+
+def test_nan_label_in_h5ad_is_refused(tmp_path, counts, cells):
+    path = write_h5ad(tmp_path, counts, cells, {"ct": pd.Categorical(["T", None, "B", "B", "T", "B", "T", "B"])})
+    with pytest.raises(InputError) as err:
+        standard(path, label_key="ct")
+    assert_one_line(err, str(path), "obs['ct']", "1 cells have no label", "fill the labels")
+
+
+@pytest.mark.parametrize("reserved", ["unassigned", " Unassigned "])
+def test_reserved_label_is_refused(tmp_path, counts, cells, reserved):
+    path = write_h5ad(tmp_path, counts, cells, {"ct": ["T", "B", reserved, "B"] * 2})
+    with pytest.raises(InputError) as err:
+        standard(path, label_key="ct")
+    assert_one_line(err, str(path), "obs['ct']", "2 cells are labelled", "reserved", "datasets.toy.label_map")
+    adata = standard(path, label_key="ct", label_map={"Unassigned": "unclassified", "unassigned": "unclassified"})
+    assert adata.obs["cell_type"].tolist() == ["T", "B", "unclassified", "B"] * 2
+
+
+def test_reserved_label_in_a_labels_file_names_that_file(tmp_path, counts, cells):
+    spec = write_csv_dataset(tmp_path, counts, cells, ["T", "UNASSIGNED"] * 4)
+    with pytest.raises(InputError) as err:
+        standard(Path(spec["source"]), **spec, label_key="ct")
+    assert_one_line(err, f"{spec['labels']}: obs['ct']: 4 cells are labelled 'UNASSIGNED'", "label_map")
+
+
+def test_label_map_mapping_onto_the_reserved_label_is_refused(tmp_path, counts, cells, labels):
+    path = write_h5ad(tmp_path, counts, cells, {"ct": labels})
+    with pytest.raises(InputError) as err:
+        standard(path, label_key="ct", label_map={"B": "Unassigned"})
+    assert_one_line(err, str(path), "obs['ct']", "4 cells are labelled 'Unassigned'")
+
+
+def test_label_map_key_yaml_did_not_read_as_text_is_refused(tmp_path, counts, cells, labels):
+    path = write_h5ad(tmp_path, counts, cells, {"ct": labels})
+    with pytest.raises(InputError) as err:
+        standard(path, label_key="ct", label_map={None: "T cell"})  # YAML `null: T cell`
+    assert_one_line(err, "config", "datasets.toy.label_map", "None is not text", "quote")
+
+
+def test_duplicate_ids_in_labels_file_are_refused(tmp_path, counts, cells):
+    spec = write_csv_dataset(tmp_path, counts, cells, ["T", "B"] * 4)
+    table = pd.read_csv(spec["labels"], dtype=str)
+    pd.concat([table, table.iloc[[3]]]).to_csv(spec["labels"], index=False)
+    with pytest.raises(InputError) as err:
+        standard(Path(spec["source"]), **spec, label_key="ct")
+    assert_one_line(err, "labels.csv", "cell ids", "1 duplicate cell ids", f"'{cells[3]}'")
+
+
+def test_csv_ids_that_read_as_one_number_stay_distinct(tmp_path, counts):
+    ids = ["1", "01", "1.0", "001", "NA", "nan", "c7", "c8"]  # read as numbers these would be four copies of 1
+    spec = write_csv_dataset(tmp_path, counts, ids, ["T", "B"] * 4)
+    adata = standard(Path(spec["source"]), **spec, label_key="ct")
+    assert adata.obs_names.tolist() == ids and adata.obs["cell_type"].tolist() == ["T", "B"] * 4

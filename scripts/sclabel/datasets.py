@@ -20,6 +20,7 @@ import scipy.sparse as sp
 from anndata.io import read_elem, sparse_dataset
 
 from sclabel.errors import InputError
+from sclabel.metrics import UNASSIGNED
 from sclabel.store import DEFAULT_CHUNK_CELLS, RowWriter, write_store
 
 log = logging.getLogger("sclabel")
@@ -82,14 +83,14 @@ def read_10x(path: Path, fmt: str) -> ad.AnnData:
 
 
 def read_csv_matrix(path: Path, orientation: str) -> ad.AnnData:
-    """Read a dense CSV expression table in chunks into a sparse AnnData (first column holds ids)."""
+    """Read a dense CSV expression table in chunks into a sparse AnnData (first column holds ids, read as written)."""
     blocks, row_ids = [], []
     try:
-        reader = pd.read_csv(path, index_col=0, chunksize=CSV_CHUNK_ROWS)
+        reader = pd.read_csv(path, converters={0: str}, chunksize=CSV_CHUNK_ROWS)
         for chunk in reader:
-            blocks.append(sp.csr_matrix(chunk.to_numpy(dtype=np.float32)))
-            row_ids.extend(chunk.index.astype(str))
-            columns = chunk.columns.astype(str)
+            blocks.append(sp.csr_matrix(chunk.iloc[:, 1:].to_numpy(dtype=np.float32)))
+            row_ids.extend(chunk.iloc[:, 0])
+            columns = chunk.columns[1:].astype(str)
     except (ValueError, pd.errors.ParserError) as exc:
         raise InputError(path, "file", f"not a numeric CSV table ({exc})",
                          "give a table with ids in the first column and numbers elsewhere") from exc
@@ -103,9 +104,9 @@ def read_csv_matrix(path: Path, orientation: str) -> ad.AnnData:
 
 
 def attach_labels(adata: ad.AnnData, labels_file: Path, label_key: str) -> None:
-    """Join a labels table (cell id in the first column) onto ``adata.obs``."""
-    table = pd.read_csv(labels_file, sep=None, engine="python", index_col=0)
-    table.index = table.index.astype(str)
+    """Join a labels table (cell id in the first column) onto ``adata.obs``, every value read as written (text)."""
+    table = pd.read_csv(labels_file, sep=None, engine="python", index_col=0, dtype=str, keep_default_na=False)
+    check_ids(table.index, labels_file, "cell ids")
     missing = adata.obs_names.difference(table.index)
     if len(missing):
         raise InputError(labels_file, "cell ids", f"{len(missing)} cells of the matrix have no row, e.g. "
@@ -165,25 +166,55 @@ def check_matrix(adata: ad.AnnData, source: str, values: str) -> None:
     check_values(*value_summary(adata.X.data if sp.issparse(adata.X) else np.asarray(adata.X)), source, values)
 
 
-def check_ids(obs_names: pd.Index, source: str) -> None:
+def check_ids(ids: pd.Index, source: str, field: str = "obs_names",
+              fix: str = "make cell ids unique (e.g. adata.obs_names_make_unique())") -> None:
     """Refuse duplicate cell ids."""
-    duplicated = obs_names[obs_names.duplicated()]
+    duplicated = ids[ids.duplicated()]
     if len(duplicated):
-        raise InputError(source, "obs_names", f"{len(duplicated)} duplicate cell ids, e.g. '{duplicated[0]}'",
-                         "make cell ids unique (e.g. adata.obs_names_make_unique())")
+        raise InputError(source, field, f"{len(duplicated)} duplicate cell ids, e.g. '{duplicated[0]}'", fix)
 
 
 def label_column(obs: pd.DataFrame, label_key: str, source: str) -> pd.Series:
-    """The label column as strings; refuse a missing column or missing labels."""
+    """The label column as strings stripped of surrounding whitespace; refuse a missing column or missing labels.
+
+    A label is missing when it is NaN in the source or blank; any text, ``NA`` or ``None`` included, is a label.
+    """
     if label_key not in obs:
         raise InputError(source, f"obs['{label_key}']", "label column not found",
                          f"set datasets.<name>.label_key to one of: {', '.join(map(str, obs.columns)) or 'none'}"
                          " or remove it for an unlabelled dataset")
-    labels = obs[label_key]
-    if labels.isna().any():
-        raise InputError(source, f"obs['{label_key}']", f"{int(labels.isna().sum())} cells have no label",
-                         "drop unlabelled cells or fill the labels")
-    return labels.astype(str)
+    labels = obs[label_key].astype(str).str.strip()
+    missing = obs[label_key].isna().to_numpy() | (labels == "").to_numpy()
+    if missing.any():
+        raise InputError(source, f"obs['{label_key}']", f"{int(missing.sum())} cells have no label (missing or "
+                         f"blank), e.g. cell '{obs.index[missing][0]}'", "drop unlabelled cells or fill the labels")
+    return labels
+
+
+def label_mapping(spec: Mapping[str, Any], name: str) -> dict[str, str]:
+    """``label_map`` with keys and values as stripped strings; refuse entries YAML did not read as text."""
+    mapping = dict(spec.get("label_map") or {})
+    odd = [entry for pair in mapping.items() for entry in pair
+           if isinstance(entry, bool) or not isinstance(entry, (str, int))]
+    if odd:
+        raise InputError("config", f"datasets.{name}.label_map", f"{odd[0]!r} is not text (YAML reads null, "
+                         "yes/no, true/false and decimals as values)", "quote the label, e.g. 'null': T cell")
+    return {str(key).strip(): str(value).strip() for key, value in mapping.items()}
+
+
+def cell_types(obs: pd.DataFrame, spec: Mapping[str, Any], name: str, source: str) -> pd.Categorical:
+    """The standard cell_type column: labels stripped and mapped by ``label_map``; refuse the reserved label.
+
+    Errors name the labels file when the labels come from one, else ``source``.
+    """
+    label_key, labels_file = spec["label_key"], spec.get("labels") or source
+    labels = label_column(obs, label_key, labels_file).replace(label_mapping(spec, name))
+    reserved = labels[labels.str.casefold() == UNASSIGNED.casefold()]
+    if len(reserved):
+        raise InputError(labels_file, f"obs['{label_key}']", f"{len(reserved)} cells are labelled '{reserved.iloc[0]}',"
+                         f" the reserved label of cells a method leaves unassigned",
+                         f"rename it in datasets.{name}.label_map, e.g. {{{reserved.iloc[0]}: unclassified}}")
+    return pd.Categorical(labels)
 
 
 def subset_obs(obs: pd.DataFrame, keep: np.ndarray) -> pd.DataFrame:
@@ -227,8 +258,7 @@ def standard_obs(obs: pd.DataFrame, spec: Mapping[str, Any], name: str, source: 
                              f"set datasets.<name>.{key} to an existing obs column or remove it")
     standard = obs.copy()
     if spec.get("label_key"):
-        labels = label_column(obs, spec["label_key"], source)
-        standard["cell_type"] = pd.Categorical(labels.replace(dict(spec.get("label_map") or {})))
+        standard["cell_type"] = cell_types(obs, spec, name, source)
     standard["dataset"] = pd.Categorical([name] * len(obs))
     standard["batch"] = pd.Categorical(obs[spec["batch_key"]].astype(str).to_numpy() if spec.get("batch_key")
                                        else [name] * len(obs))

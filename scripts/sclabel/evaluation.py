@@ -39,11 +39,11 @@ def evaluate_stage(prediction_files: Sequence[str], class_counts_file: str, sett
     A prediction file holding the ``not_run`` record of a method that could not run is not scored; the summary
     shows that method as ``not run: <reason>`` (``metrics.add_not_run``).
     """
-    class_counts = pd.read_csv(class_counts_file, sep="\t", dtype={"cell_type": str})
+    class_counts = io.read_tsv(class_counts_file, ["split", "cell_type"])
     metric_rows, class_rows, confusion_rows, not_run = [], [], [], []
     for path in prediction_files:
         method, split = parse_prediction_path(path)
-        table = pd.read_csv(path, sep="\t", dtype={"cell_id": str, "true": str, "predicted": str})
+        table = io.read_tsv(path, ["cell_id", "true", "predicted"])
         if metrics.NOT_RUN in table.columns:
             reason = str(table[metrics.NOT_RUN].iloc[0])
             log.warning("%s on %s: not run: %s", method, split, reason)

@@ -104,7 +104,7 @@ def enrich_stage(ranking_file: str, input_h5ad: str, libraries: Mapping[str, str
     """Over-representation of each type's top genes in every library, background = the genes the model saw."""
     from sclabel.enrich import dot_plot, enrich_top_genes
 
-    ranking = pd.read_csv(ranking_file, sep="\t", dtype={"cell_type": str, "gene": str})
+    ranking = io.read_tsv(ranking_file, ["cell_type", "gene"])
     background = model_genes(input_h5ad)
     results = enrich_top_genes(ranking, libraries, background, top_n=top_n)
     with io.atomic_folder(output_dir) as tmp:
@@ -127,7 +127,7 @@ def marker_recall_stage(ranking_files: Sequence[str], input_h5ad: str, settings:
     background = set(model_genes(input_h5ad))
     curves = []
     for path in ranking_files:
-        ranking = pd.read_csv(path, sep="\t", dtype={"cell_type": str, "gene": str})
+        ranking = io.read_tsv(path, ["cell_type", "gene"])
         curve = marker_recall_curve(ranking, markers, settings["cell_type_map"], settings["recall_ks"], background)
         curves.append(curve.assign(method=ranking["method"].iloc[0]))
     table = pd.concat(curves, ignore_index=True)

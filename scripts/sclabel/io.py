@@ -6,7 +6,7 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -63,6 +63,17 @@ def write_tsv(table: pd.DataFrame, dest: str | os.PathLike[str], index: bool = F
     """Write ``table`` as tab-separated text atomically."""
     with atomic_path(dest) as tmp:
         table.to_csv(tmp, sep="\t", index=index)
+
+
+def read_tsv(path: str | os.PathLike[str], strings: Sequence[str], **options: object) -> pd.DataFrame:
+    """A tab-separated table whose ``strings`` columns (cell ids, labels) hold exactly what is written.
+
+    pandas would read a cell type or id written ``NA``, ``None``, ``nan``, ``null`` or empty as missing; these
+    columns skip its NA rules, the others keep its parsing (numbers, NaN for blanks).
+    """
+    import pandas as pd
+
+    return pd.read_csv(path, sep="\t", converters={column: str for column in strings}, **options)
 
 
 def write_text(text: str, dest: str | os.PathLike[str]) -> None:

@@ -100,9 +100,8 @@ def report_stage(metrics_file: str, confusion_file: str, per_class_file: str, me
                  output_kappa: str, output_per_class: str, output_confusions: list[str]) -> None:
     """Draw the kappa overview, the per-class F1 heatmap and one confusion matrix per method."""
     save_figure(kappa_figure(pd.read_csv(metrics_file, sep="\t")), output_kappa, dpi)
-    save_figure(per_class_f1_figure(pd.read_csv(per_class_file, sep="\t", dtype={"cell_type": str})),
-                output_per_class, dpi)
-    confusion = pd.read_csv(confusion_file, sep="\t", dtype={"true": str, "predicted": str})
+    save_figure(per_class_f1_figure(io.read_tsv(per_class_file, ["cell_type"])), output_per_class, dpi)
+    confusion = io.read_tsv(confusion_file, ["true", "predicted"])
     for method, output in zip(methods, output_confusions):
         subset = confusion[confusion["method"] == method]
         save_figure(confusion_figure(subset, f"{method}: confusion summed over splits"), output, dpi)

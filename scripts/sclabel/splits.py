@@ -150,6 +150,5 @@ def split_stage(input_h5ad: str, settings: Mapping[str, Any], output_splits: str
 
 def read_split(splits_file: str, split: str) -> pd.Series:
     """Role of each cell in ``split`` (cells absent from it are dropped)."""
-    roles = pd.read_csv(splits_file, sep="\t", index_col="cell_id", usecols=["cell_id", split])[split]
-    roles.index = roles.index.astype(str)
+    roles = io.read_tsv(splits_file, ["cell_id"], usecols=["cell_id", split]).set_index("cell_id")[split]
     return roles.dropna()
