@@ -203,8 +203,8 @@ def benchmark_scores(table: pd.DataFrame, train_labels: Sequence[str], threshold
     known = ~novel
     labels = label_order(true[known], predicted[known])
     per_class = per_class_scores(confusion(true[known], predicted[known], labels), labels)
-    rare = per_class[(per_class["support"] > 0) & per_class["cell_type"].isin(rare_classes(train_labels,
-                                                                                          rare_fraction))]
+    tested = per_class[per_class["support"] > 0]
+    rare = tested[tested["cell_type"].isin(rare_classes(train_labels, rare_fraction))]
     headline = (headline_scores(true[known], predicted[known]) if known.any()
                 else dict.fromkeys(("accuracy", "kappa", "macro_f1"), float("nan")))
     return {f"known_{name}": value for name, value in headline.items()} | {
