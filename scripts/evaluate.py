@@ -1,12 +1,12 @@
-"""Snakemake step: score all predictions into metrics.tsv, summary.tsv, per-class and confusion tables."""
+"""Snakemake step: score all predictions into metrics.tsv, summary.tsv, per-class, confusion and paired tables."""
 
 from sclabel.evaluation import evaluate_stage
 from sclabel.runner import run_step
 
 
 def main(sm) -> None:
-    evaluate_stage(list(sm.input.predictions), sm.input.class_counts, sm.params.settings, sm.output.metrics, sm.output.summary, sm.output.per_class,
-                   sm.output.confusion)
+    evaluate_stage(list(sm.input.predictions), sm.input.class_counts, sm.params.settings, sm.output.metrics,
+                   sm.output.summary, sm.output.per_class, sm.output.confusion, sm.output.paired)
 
 
 run_step(snakemake, main)  # noqa: F821 (injected by Snakemake)

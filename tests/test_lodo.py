@@ -7,6 +7,7 @@ import json
 import anndata as ad
 import pandas as pd
 import pytest
+import yaml
 from sklearn import metrics as skm
 
 from workflow_helpers import absolute_paths, load_config, planned_jobs, snakemake, write_config
@@ -47,24 +48,33 @@ def test_held_out_cells_never_reach_training_or_early_stopping(symphony_lodo, pr
 
 
 def test_metrics_equal_sklearn_on_the_same_predictions(symphony_lodo):
-    workdir, _, _ = symphony_lodo
+    workdir, configfile, _ = symphony_lodo
+    threshold = yaml.safe_load(configfile.read_text()).get("evaluate", {}).get("unassigned_threshold", 0.0)
     table = pd.read_csv(workdir / "results/benchmark/metrics.tsv", sep="\t").set_index(["method", "split", "metric"])
+    counts = pd.read_csv(workdir / "results/splits/class_counts.tsv", sep="\t", dtype={"cell_type": str})
     for method in QUICK_METHODS:
         for protocol in PROTOCOLS:
             split = f"lodo_{protocol}"
-            predictions = pd.read_csv(workdir / f"results/predictions/{method}/{split}.tsv", sep="\t")
-            y_true, y_pred = predictions["true"].astype(str), predictions["predicted"].astype(str)
-            assert table.loc[(method, split, "accuracy"), "value"] == pytest.approx(skm.accuracy_score(y_true, y_pred))
-            assert table.loc[(method, split, "cohen_kappa"), "value"] == pytest.approx(
+            trained = counts.loc[(counts["split"] == split) & (counts["train"] + counts["val"] > 0), "cell_type"]
+            predictions = pd.read_csv(workdir / f"results/predictions/{method}/{split}.tsv", sep="\t",
+                                      dtype={"true": str, "predicted": str})
+            abstained = (predictions["abstained"] == 1 if "abstained" in predictions
+                         else predictions["confidence"] < threshold)
+            known = predictions["true"].isin(trained)
+            y_true = predictions["true"][known]
+            y_pred = predictions["predicted"].where(~abstained, "unassigned")[known]
+            assert table.loc[(method, split, "known_accuracy"), "value"] == pytest.approx(
+                skm.accuracy_score(y_true, y_pred))
+            assert table.loc[(method, split, "known_kappa"), "value"] == pytest.approx(
                 skm.cohen_kappa_score(y_true, y_pred))
-            assert table.loc[(method, split, "macro_f1"), "value"] == pytest.approx(
-                skm.f1_score(y_true, y_pred, average="macro", zero_division=0))
+            assert table.loc[(method, split, "known_macro_f1"), "value"] == pytest.approx(
+                skm.f1_score(y_true, y_pred, labels=sorted(set(y_true)), average="macro", zero_division=0))
 
 
 def test_summary_is_per_method_and_scheme_with_spread(symphony_lodo):
     workdir, _, _ = symphony_lodo
     summary = pd.read_csv(workdir / "results/benchmark/summary.tsv", sep="\t")
-    kappa = summary[summary["metric"] == "cohen_kappa"].set_index("method")
+    kappa = summary[summary["metric"] == "known_kappa"].set_index("method")
     assert set(kappa["scheme"]) == {"lodo"} and (kappa["n_splits"] == 3).all()
     assert kappa.loc["majority", "mean"] == pytest.approx(0.0)
     assert kappa.loc["logreg", "mean"] > 0.8 and kappa.loc["kmeans+mlp", "mean"] > 0.8
@@ -74,8 +84,6 @@ def test_summary_is_per_method_and_scheme_with_spread(symphony_lodo):
 
 def test_finetune_change_reruns_finetune_evaluate_report_only(symphony_lodo, tmp_path):
     workdir, configfile, _ = symphony_lodo
-    import yaml
-
     config = yaml.safe_load(configfile.read_text())
     config["finetune"]["patience"] = 5
     assert planned_jobs(workdir, write_config(tmp_path, config)) == {  # interpretation is off in this sweep
@@ -97,4 +105,7 @@ def test_pancreas_novel_types_are_counted_not_dropped(shared_data, tmp_path):
     # Wang's ductal (96) and acinar (5) cells: ductal is in Baron? no; acinar only in Wang -> novel when held out
     predictions = pd.read_csv(tmp_path / "results/predictions/logreg/lodo_pancreas_baron.tsv", sep="\t")
     assert len(predictions) == 175 and (predictions["true"] == "macrophage").sum() == 35
-    assert ("logreg", "lodo_pancreas_xin", "novel_accuracy") not in metrics.index  # Xin has no novel type
+    assert ("logreg", "lodo_pancreas_xin", "novel_recall") not in metrics.index  # Xin has no novel type
+    assert ("logreg", "lodo_pancreas_xin", "novel_auroc") not in metrics.index
+    for metric in ("known_kappa", "known_macro_f1", "known_abstention", "novel_auroc", "novel_recall"):
+        assert ("logreg", "lodo_pancreas_baron", metric) in metrics.index, metric

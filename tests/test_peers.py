@@ -216,12 +216,13 @@ def test_not_runnable_peer_writes_the_record_and_the_summary_shows_it(shared_dat
     assert re.search(r"reaches 18\.\d\d > log1p\(10000\)", record.iloc[0, 0])  # the largest training value
     with pytest.raises(InputError, match="celltypist could not be trained: CellTypist needs natural-log1p"):
         load_annotator(tmp_path / "models/cv2")
-    out = {name: tmp_path / f"{name}.tsv" for name in ("metrics", "summary", "per_class", "confusion")}
+    out = {name: tmp_path / f"{name}.tsv" for name in ("metrics", "summary", "per_class", "confusion", "paired")}
     evaluation.evaluate_stage([str(f) for f in files], str(class_counts), {"unassigned_threshold": 0.0,
                                                                        "rare_fraction": 0.05}, *map(str, out.values()))
     assert set(pd.read_csv(out["metrics"], sep="\t")["method"]) == {"logreg"}
     summary = pd.read_csv(out["summary"], sep="\t").set_index(["method", "metric"])
-    assert summary.loc[("logreg", "cohen_kappa"), "mean"] > 0.8
+    assert summary.loc[("logreg", "known_kappa"), "mean"] > 0.8
+    assert pd.read_csv(out["paired"], sep="\t").empty  # the only peer ran on no split
     celltypist = summary.loc["celltypist"]
     assert set(celltypist.index) == set(summary.loc["logreg"].index)  # every metric row says why it is missing
     reason = "CellTypist needs natural-log1p CP10k expression"  # each split's reason names its own largest value
@@ -256,7 +257,7 @@ def test_workflow_scores_the_peers_on_the_same_split(peer_run):
         np.testing.assert_allclose(table[metrics.probability_columns(table)].sum(axis=1), 1.0, rtol=1e-5)
     summary = pd.read_csv(workdir / "results/benchmark/summary.tsv", sep="\t").set_index(["method", "metric"])
     for peer in ("celltypist", "singler"):
-        assert summary.loc[(peer, "cohen_kappa"), "mean"] > 0.7
+        assert summary.loc[(peer, "known_kappa"), "mean"] > 0.7
         assert summary.loc[(peer, "macro_auroc"), "mean"] > 0.85
         assert (workdir / f"results/benchmarks/peers/{peer}/{split}.tsv").is_file()
         saved = load_annotator(workdir / f"results/models/{peer}/{split}")
@@ -276,10 +277,10 @@ def test_workflow_reports_a_peer_that_cannot_run(peer_run, tmp_path):
                                                  "all": 1}
     snakemake(workdir, configfile)
     summary = pd.read_csv(workdir / "results/benchmark/summary.tsv", sep="\t").set_index(["method", "metric"])
-    assert summary.loc[("celltypist", "cohen_kappa"), "mean_sd"] == (
+    assert summary.loc[("celltypist", "known_kappa"), "mean_sd"] == (
         "not run: CellTypist's input check failed: Invalid expression matrix, expect log1p normalized expression "
         "to 10000 counts per cell")
-    assert summary.loc[("singler", "cohen_kappa"), "mean"] > 0.7
+    assert summary.loc[("singler", "known_kappa"), "mean"] > 0.7
     assert "not run" in (workdir / f"results/logs/peers/celltypist/lodo_{HOLDOUT}.log").read_text()
 
 

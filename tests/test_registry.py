@@ -192,7 +192,7 @@ def test_a_method_added_through_the_registry_alone_runs_end_to_end(tmp_path):
                             env={**os.environ, "PYTHONPATH": str(repo / "scripts")})
     assert result.returncode == 0, result.stderr[-4000:]
     summary = pd.read_csv(workdir / "results/benchmark/summary.tsv", sep="\t")
-    kappa = summary[summary["metric"] == "cohen_kappa"].set_index("method")["mean"]
+    kappa = summary[summary["metric"] == "known_kappa"].set_index("method")["mean"]
     assert kappa["toy_centroid"] > kappa["majority"] + 0.3  # centroids beat the majority control on real PBMCs
     methods = pd.read_csv(workdir / "results/benchmark/methods.tsv", sep="\t").set_index("name")
     assert methods.loc["toy_centroid", "description"] == "nearest class centroid (a toy)"

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sclabel import io, metrics
+from sclabel import io, metrics, registry
 
 log = logging.getLogger("sclabel")
 
@@ -33,9 +33,12 @@ def split_scheme(split: str) -> str:
 
 
 def evaluate_stage(prediction_files: Sequence[str], class_counts_file: str, settings: Mapping[str, Any],
-                   output_metrics: str, output_summary: str, output_per_class: str, output_confusion: str) -> None:
-    """Score every method × split; write long metrics, mean ± sd summary, per-class scores and confusion counts.
+                   output_metrics: str, output_summary: str, output_per_class: str, output_confusion: str,
+                   output_paired: str) -> None:
+    """Score every method × split; write long metrics, mean ± sd summary, per-class scores, confusion counts and the
+    paired comparison with the best peer (``metrics.paired_against_best_peer`` on ``known_kappa``).
 
+    Per-class scores and confusion counts cover all test cells on the headline's truth (``metrics.scored_labels``).
     A prediction file holding the ``not_run`` record of a method that could not run is not scored; the summary
     shows that method as ``not run: <reason>`` (``metrics.add_not_run``).
     """
@@ -49,18 +52,21 @@ def evaluate_stage(prediction_files: Sequence[str], class_counts_file: str, sett
             log.warning("%s on %s: not run: %s", method, split, reason)
             not_run.append({"method": method, "split": split, "scheme": split_scheme(split), "reason": reason})
             continue
-        scores = metrics.benchmark_scores(table, training_labels(class_counts, split),
-                                          settings["unassigned_threshold"], settings["rare_fraction"])
+        trained_on = training_labels(class_counts, split)
+        scores = metrics.benchmark_scores(table, trained_on, settings["unassigned_threshold"],
+                                          settings["rare_fraction"])
         metric_rows += [{"method": method, "split": split, "metric": metric, "value": value}
                         for metric, value in scores.items() if np.isfinite(value)]
-        predicted = metrics.apply_threshold(table["predicted"], table["confidence"], settings["unassigned_threshold"])
-        labels = metrics.label_order(table["true"], predicted)
-        matrix = metrics.confusion(table["true"], predicted, labels)
+        true, predicted = metrics.scored_labels(table, trained_on, settings["unassigned_threshold"])
+        labels = metrics.label_order(true, predicted)
+        matrix = metrics.confusion(true, predicted, labels)
         class_rows.append(metrics.per_class_scores(matrix, labels).assign(method=method, split=split))
         confusion_rows.append(metrics.confusion_long(matrix, labels).assign(method=method, split=split))
     long = pd.DataFrame(metric_rows, columns=["method", "split", "metric", "value"])
     io.write_tsv(long, output_metrics)
-    summary = metrics.summarise(long.assign(scheme=long["split"].map(split_scheme)))
+    long = long.assign(scheme=long["split"].map(split_scheme))
+    io.write_tsv(metrics.paired_against_best_peer(long, registry.names("peer")), output_paired)
+    summary = metrics.summarise(long)
     not_run_table = pd.DataFrame(not_run, columns=["method", "split", "scheme", "reason"])
     io.write_tsv(metrics.add_not_run(summary, not_run_table), output_summary)
     io.write_tsv(pd.concat(class_rows, ignore_index=True) if class_rows else pd.DataFrame(

@@ -1,7 +1,12 @@
 """Classification metrics computed from a confusion matrix or from ranks (checked against scikit-learn in the tests).
 
-Prediction tables have columns ``true``, ``predicted`` and ``confidence``, and may carry one ``proba:<label>`` column
-per class the model was trained on, holding that class's predicted probability.
+Prediction tables have columns ``true``, ``predicted`` and ``confidence``, usually ``rejection_score`` (higher = more
+likely a novel cell) and ``abstained`` (1 where the method's own rule leaves the cell unassigned), and may carry one
+``proba:<label>`` column per class the model was trained on, holding that class's predicted probability. Tables
+without the two rejection columns get ``1 - confidence`` and ``confidence < threshold`` (``abstention``).
+
+One truth everywhere: a test cell whose type is absent from training (novel) is truly ``unassigned``, and a cell the
+method abstained on is predicted ``unassigned`` (``scored_labels``).
 """
 
 from __future__ import annotations
@@ -10,12 +15,17 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
+from scipy.stats import binomtest
 
 UNASSIGNED = "unassigned"
 PROBA_PREFIX = "proba:"
 # the one column of a prediction file written by a method (a peer) that could not run; it holds the reason
 NOT_RUN = "not_run"
-HEADLINE_METRICS = ("accuracy", "cohen_kappa", "macro_f1")
+REJECTION = "rejection_score"
+ABSTAINED = "abstained"
+HEADLINE_METRICS = ("known_accuracy", "known_kappa", "known_macro_f1", "known_abstention")
+PAIRED_COLUMNS = ["scheme", "method", "best_peer", "metric", "n_splits", "mean_difference", "sd_difference", "wins",
+                  "losses", "ties", "sign_test_p"]
 
 
 def label_order(y_true: Sequence[str], y_pred: Sequence[str]) -> list[str]:
@@ -52,18 +62,31 @@ def per_class_scores(matrix: np.ndarray, labels: Sequence[str]) -> pd.DataFrame:
                          "support": support.astype(int)})
 
 
-def summary_scores(y_true: Sequence[str], y_pred: Sequence[str]) -> dict[str, float]:
-    """Accuracy, Cohen's kappa and macro F1 (over the union of true and predicted labels)."""
+def headline_scores(y_true: Sequence[str], y_pred: Sequence[str]) -> dict[str, float]:
+    """Accuracy, Cohen's kappa and macro F1 over the true labels' classes (a predicted-only label is not averaged)."""
     labels = label_order(y_true, y_pred)
     matrix = confusion(y_true, y_pred, labels)
     scores = per_class_scores(matrix, labels)
-    return {"accuracy": float(np.trace(matrix) / matrix.sum()), "cohen_kappa": cohen_kappa(matrix),
-            "macro_f1": float(scores["f1"].mean())}
+    return {"accuracy": float(np.trace(matrix) / matrix.sum()), "kappa": cohen_kappa(matrix),
+            "macro_f1": float(scores.loc[scores["support"] > 0, "f1"].mean())}
 
 
-def apply_threshold(predicted: pd.Series, confidence: pd.Series, threshold: float) -> pd.Series:
-    """Predictions with ``unassigned`` where the confidence is below ``threshold``."""
-    return predicted.where(confidence >= threshold, UNASSIGNED)
+def abstention(table: pd.DataFrame, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Each cell's rejection score and whether the method abstained, from the table's own columns when it has them.
+
+    Without them: rejection score ``1 - confidence``, abstained where ``confidence < threshold``.
+    """
+    confidence = table["confidence"].to_numpy(dtype=float)
+    rejection = table[REJECTION].to_numpy(dtype=float) if REJECTION in table else 1.0 - confidence
+    abstained = table[ABSTAINED].to_numpy(dtype=int) == 1 if ABSTAINED in table else confidence < threshold
+    return rejection, abstained
+
+
+def scored_labels(table: pd.DataFrame, known_labels: Sequence[str], threshold: float) -> tuple[pd.Series, pd.Series]:
+    """The truth and prediction every metric uses: novel cells' truth and abstained cells' prediction ``unassigned``."""
+    true = table["true"].astype(str)
+    predicted = table["predicted"].astype(str).where(~abstention(table, threshold)[1], UNASSIGNED)
+    return true.where(true.isin(set(map(str, known_labels))), UNASSIGNED), predicted
 
 
 def confusion_long(matrix: np.ndarray, labels: Sequence[str]) -> pd.DataFrame:
@@ -164,32 +187,61 @@ def ranking_scores(table: pd.DataFrame) -> dict[str, float]:
 
 def benchmark_scores(table: pd.DataFrame, train_labels: Sequence[str], threshold: float,
                      rare_fraction: float) -> dict[str, float]:
-    """Benchmark metrics for one prediction table after thresholding at ``threshold``; NaN where undefined.
+    """Benchmark metrics of one prediction table on the ``scored_labels`` truth; NaN where undefined.
 
-    A novel cell (true label absent from ``train_labels``) counts as truly ``unassigned``: right only when the method
-    leaves it unassigned. ``accuracy``, ``cohen_kappa`` and ``macro_f1`` are ``summary_scores`` over all test cells
-    on that truth; ``macro_f1_test_classes`` averages F1 over the test set's classes only (``unassigned`` among them
-    when novel cells exist); ``rare_accuracy`` and ``rare_f1`` cover
-    the ``rare_classes`` present in the test set. ``known_accuracy`` is exact-match accuracy on known-type cells
-    (``unassigned`` is wrong), ``novel_accuracy`` the share of novel cells predicted ``unassigned`` and
-    ``novel_fraction`` the share of test cells that are novel. ``macro_auroc`` and ``macro_auprc`` are
-    ``ranking_scores`` on known-type cells.
+    Known cells are those whose type is among ``train_labels``. ``known_accuracy``, ``known_kappa`` and
+    ``known_macro_f1`` score them (an abstention is a wrong ``unassigned``; macro F1 averages over the known cells'
+    own types only); ``known_abstention`` is the share of them abstained on. On splits with novel cells,
+    ``novel_auroc`` is the AUROC of the rejection score for novel against known cells and ``novel_recall`` the
+    share of novel cells abstained on; ``novel_fraction`` is the share of test cells that are novel.
+    ``rare_accuracy`` and ``rare_f1`` cover the ``rare_classes`` among the known cells' types, ``macro_auroc`` and
+    ``macro_auprc`` are ``ranking_scores`` on known cells.
     """
-    true = table["true"].astype(str)
-    predicted = apply_threshold(table["predicted"], table["confidence"], threshold).astype(str)
-    known = true.isin(set(map(str, train_labels)))
-    scored_true = true.where(known, UNASSIGNED)
-    labels = label_order(scored_true, predicted)
-    per_class = per_class_scores(confusion(scored_true, predicted, labels), labels)
+    true, predicted = scored_labels(table, train_labels, threshold)
+    rejection, abstained = abstention(table, threshold)
+    novel = (true == UNASSIGNED).to_numpy()
+    known = ~novel
+    labels = label_order(true[known], predicted[known])
+    per_class = per_class_scores(confusion(true[known], predicted[known], labels), labels)
     tested = per_class[per_class["support"] > 0]
-    rare = rare_classes(train_labels, rare_fraction)
-    is_rare = true.isin(rare)
-    correct = true == predicted
-    return summary_scores(scored_true, predicted) | {
-        "macro_f1_test_classes": _mean_or_nan(tested["f1"]),
-        "rare_accuracy": _mean_or_nan(correct[is_rare]),
-        "rare_f1": _mean_or_nan(tested.loc[tested["cell_type"].isin(rare), "f1"]),
-        "known_accuracy": _mean_or_nan(correct[known]),
-        "novel_accuracy": _mean_or_nan(predicted[~known] == UNASSIGNED),
-        "novel_fraction": _mean_or_nan(~known),
+    rare = tested[tested["cell_type"].isin(rare_classes(train_labels, rare_fraction))]
+    headline = (headline_scores(true[known], predicted[known]) if known.any()
+                else dict.fromkeys(("accuracy", "kappa", "macro_f1"), float("nan")))
+    return {f"known_{name}": value for name, value in headline.items()} | {
+        "known_abstention": _mean_or_nan(abstained[known]),
+        "novel_fraction": _mean_or_nan(novel),
+        "novel_recall": _mean_or_nan(abstained[novel]),
+        "novel_auroc": auroc(novel, rejection) if 0 < novel.sum() < novel.size else float("nan"),
+        "rare_accuracy": _mean_or_nan((true == predicted)[true.isin(rare["cell_type"])]),
+        "rare_f1": _mean_or_nan(rare["f1"]),
     } | ranking_scores(table[known])
+
+
+def paired_against_best_peer(long: pd.DataFrame, peers: Sequence[str], metric: str = "known_kappa") -> pd.DataFrame:
+    """Per scheme, every method's per-split difference in ``metric`` from the best peer, with a two-sided sign test.
+
+    ``long`` has columns method, split, scheme, metric, value. The best peer is the one of ``peers`` with the highest
+    mean ``metric`` over the splits it ran on (the first in ``peers`` order on a tie); each other method is paired with
+    it on the splits both ran on. ``wins``/``losses`` count splits where the method is above/below the peer; ties are
+    left out of the sign test (``scipy.stats.binomtest``, p = 1 without untied splits). A scheme where no peer ran
+    has no rows.
+    """
+    rows = []
+    for scheme, scores in long[long["metric"] == metric].groupby("scheme", sort=True):
+        wide = scores.pivot(index="split", columns="method", values="value")
+        ran = [peer for peer in peers if peer in wide]
+        if not ran:
+            continue
+        best = max(ran, key=lambda peer: wide[peer].mean())
+        for method in sorted(wide.columns.drop(best)):
+            difference = (wide[method] - wide[best]).dropna()
+            if difference.empty:
+                continue
+            sign = np.sign(difference.round(12))
+            wins, losses = int((sign > 0).sum()), int((sign < 0).sum())
+            rows.append({"scheme": scheme, "method": method, "best_peer": best, "metric": metric,
+                         "n_splits": len(difference), "mean_difference": difference.mean(),
+                         "sd_difference": difference.std() if len(difference) > 1 else 0.0, "wins": wins,
+                         "losses": losses, "ties": len(difference) - wins - losses,
+                         "sign_test_p": binomtest(wins, wins + losses).pvalue if wins + losses else 1.0})
+    return pd.DataFrame(rows, columns=PAIRED_COLUMNS)

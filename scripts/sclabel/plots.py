@@ -44,8 +44,8 @@ def confusion_figure(confusion: pd.DataFrame, title: str) -> plt.Figure:
 
 
 def kappa_figure(metrics_long: pd.DataFrame) -> plt.Figure:
-    """Cohen's kappa of every method on every split (points) with the mean (bar)."""
-    kappa = metrics_long[metrics_long["metric"] == "cohen_kappa"]
+    """Cohen's kappa on known test cells (``known_kappa``) of every method on every split (points) with the mean."""
+    kappa = metrics_long[metrics_long["metric"] == "known_kappa"]
     methods = sorted(kappa["method"].unique())
     fig, ax = plt.subplots(figsize=(1.5 + 1.1 * len(methods), 3.5))
     for i, method in enumerate(methods):
@@ -53,9 +53,9 @@ def kappa_figure(metrics_long: pd.DataFrame) -> plt.Figure:
         ax.bar(i, values.mean(), color="lightsteelblue", width=0.6)
         ax.scatter(np.full(len(values), i) + np.linspace(-0.15, 0.15, len(values)), values, color="black", s=12)
     ax.set_xticks(range(len(methods)), methods, rotation=30, ha="right")
-    ax.set_ylabel("Cohen's kappa")
+    ax.set_ylabel("Cohen's kappa, known cells")
     ax.set_ylim(min(0.0, float(kappa["value"].min()) - 0.05), 1.0)
-    ax.set_title("Cohen's kappa per split (points) and mean (bars)")
+    ax.set_title("Cohen's kappa on known test cells per split (points) and mean (bars)")
     return fig
 
 

@@ -11,6 +11,11 @@ rule evaluate:
         ),
         per_class="results/benchmark/per_class.tsv",
         confusion="results/benchmark/confusion.tsv",
+        paired=report(
+            "results/benchmark/paired.tsv",
+            caption="../report/paired.rst",
+            category="Benchmark",
+        ),
     params:
         settings=config["evaluate"],
     log:
