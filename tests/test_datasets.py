@@ -273,12 +273,13 @@ def test_labels_and_ids_pandas_reads_as_missing_round_trip_to_class_counts_and_m
     prediction.parent.mkdir(parents=True)
     pd.DataFrame({"cell_id": cells.index, "true": cells.to_numpy(), "predicted": predicted.to_numpy(),
                   "confidence": 0.9}).to_csv(prediction, sep="\t", index=False)
-    out = [str(tmp_path / f"{name}.tsv") for name in ("metrics", "summary", "per_class", "confusion")]
+    out = [str(tmp_path / f"{name}.tsv") for name in ("metrics", "summary", "per_class", "confusion", "paired")]
     evaluation.evaluate_stage([str(prediction)], class_counts, {"unassigned_threshold": 0.0, "rare_fraction": 0.05},
                               *out)
     scores = io.read_tsv(out[0], ["method"]).set_index("metric")["value"]
-    assert scores["accuracy"] == pytest.approx(accuracy_score(cells, predicted))
-    assert scores["macro_f1"] == pytest.approx(f1_score(cells, predicted, average="macro"))
+    assert scores["known_accuracy"] == pytest.approx(accuracy_score(cells, predicted))
+    assert scores["known_macro_f1"] == pytest.approx(f1_score(cells, predicted, labels=sorted(set(cells)),
+                                                              average="macro"))
     per_class = io.read_tsv(out[2], ["cell_type"]).set_index("cell_type")
     assert sorted(per_class.index) == sorted(NA_LIKE) and per_class.loc["NA", "precision"] == 0.5
 

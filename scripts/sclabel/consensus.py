@@ -26,8 +26,8 @@ from sclabel import io
 from sclabel.annotator import Annotator, LabelledCells, load_annotator, save_not_run
 from sclabel.errors import InputError
 from sclabel.evaluation import parse_prediction_path
-from sclabel.metrics import NOT_RUN, PROBA_PREFIX, probability_columns
-from sclabel.predictions import ABSTAINED, REJECTION, write_predictions
+from sclabel.metrics import ABSTAINED, NOT_RUN, PROBA_PREFIX, REJECTION, probability_columns
+from sclabel.predictions import write_predictions
 
 log = logging.getLogger("sclabel")
 
@@ -163,8 +163,7 @@ def read_prediction_tables(paths: Sequence[str]) -> dict[str, pd.DataFrame]:
     tables = {}
     for path in paths:
         method, split = parse_prediction_path(path)
-        table = pd.read_csv(path, sep="\t", dtype={"cell_id": str, "true": str, "predicted": str},
-                            keep_default_na=False)
+        table = io.read_tsv(path, ["cell_id", "true", "predicted"])
         if NOT_RUN in table.columns:
             log.warning("consensus on %s leaves out %s, which did not run: %s", split, method, table[NOT_RUN].iloc[0])
             continue

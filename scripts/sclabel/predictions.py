@@ -13,9 +13,7 @@ import numpy as np
 import pandas as pd
 
 from sclabel import io, metrics
-
-REJECTION = "rejection_score"
-ABSTAINED = "abstained"
+from sclabel.metrics import ABSTAINED, REJECTION
 
 
 def predictions_table(cell_ids: pd.Index, y_true: np.ndarray, probabilities: np.ndarray, classes: np.ndarray,
