@@ -97,6 +97,12 @@ class Annotator(ABC):
         """How unlike every known class each cell is, in [0, 1] (default: 1 - highest class probability)."""
         return 1.0 - self.predict_proba(X).max(axis=1)
 
+    def own_abstention(self, rejection: np.ndarray, predicted: np.ndarray) -> np.ndarray | None:
+        """Which cells the method's own published rule leaves unassigned, given their ``rejection_score`` and most
+        probable class; None (the default) when the method has no rule of its own and the workflow's threshold on
+        the rejection score, calibrated on validation cells, decides."""
+        return None
+
     def top_genes(self) -> pd.DataFrame:
         """Genes ranked per cell type (cell_type, gene, score, rank) from the fitted model alone."""
         raise NotImplementedError(f"{self.method} does not rank genes")

@@ -468,6 +468,12 @@ class BaselineAnnotator(Annotator):
     def predict_proba(self, X: Any) -> np.ndarray:
         return np.asarray(self.model.predict_proba(in_memory(self.features(X))), dtype=float)
 
+    def own_abstention(self, rejection: np.ndarray, predicted: np.ndarray) -> np.ndarray | None:
+        """Controls never abstain (every cell keeps its label); the other baselines follow the workflow's threshold."""
+        if registry.get(self.method).family == "control":
+            return np.zeros(len(rejection), dtype=bool)
+        return None
+
     def top_genes(self) -> pd.DataFrame:
         """Per-class coefficients (MaxAbsScaler folded in) of the linear baselines; others rank no genes."""
         if registry.get(self.method).explains != "coefficients":
