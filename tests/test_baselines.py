@@ -380,6 +380,21 @@ def test_the_annotator_fits_on_training_and_validation_cells_alike_in_memory_or_
     np.testing.assert_allclose(in_memory.predict_proba(pbmc["X_test"]), expected, rtol=1e-6, atol=1e-9)
 
 
+@pytest.mark.shared_data
+@pytest.mark.parametrize("name", [*CONTROLS, "logreg"])
+def test_controls_never_abstain_and_other_baselines_leave_it_to_the_workflow(pbmc, name):
+    annotator = BaselineAnnotator(name, FAST.get(name, {}), 0).fit(LabelledCells(pbmc["X_train"], pbmc["y_train"]))
+    probabilities = annotator.predict_proba(pbmc["X_test"])
+    predicted = annotator.classes[probabilities.argmax(axis=1)]
+    rejection = annotator.rejection_score(pbmc["X_test"])
+    for scores in (rejection, np.ones_like(rejection)):  # not even where every cell looks novel
+        abstained = annotator.own_abstention(scores, predicted)
+        if name in CONTROLS:
+            assert abstained.dtype == bool and abstained.shape == rejection.shape and not abstained.any()
+        else:
+            assert abstained is None  # the workflow's threshold, calibrated on validation cells, decides
+
+
 def fitted_logreg(rare_classes, folder):
     X_train, y_train, _ = rare_classes
     BaselineAnnotator("logreg", {}, 0, [f"g{i}" for i in range(X_train.shape[1])]).fit(
