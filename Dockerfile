@@ -2,12 +2,13 @@
 # writes it; regenerate it whenever an env file changes (tests/test_deployment.py checks the two agree).
 FROM condaforge/miniforge3:latest
 LABEL io.github.snakemake.containerized="true"
-LABEL io.github.snakemake.conda_env_hash="b06d0a3aa02d5fa7a7b18dd2cbe626540e4756f5103568e2221bda6db348f3dd"
+LABEL io.github.snakemake.conda_env_hash="cc6b4b90dfa5a760553a80159129bf8036f1db28bb721c812fa4512d2a8073d7"
 # Conda environment:
 #   source: envs/celltypist.yaml
-#   prefix: /conda-envs/165e69a81f88c2caacde71708e775f43
+#   prefix: /conda-envs/ef7f745077425d29fa15dadad7fe453f
 #   # CellTypist peer. CellTypist 1.7.1's default solver passes LogisticRegression(multi_class=...), which
-#   # scikit-learn 1.8 removed: scikit-learn stays below 1.8 here. CellTypist and the packages it adds come from PyPI.
+#   # scikit-learn 1.8 removed: scikit-learn stays below 1.8 here, as in every env and pyproject.toml. CellTypist and the
+#   # packages it adds come from PyPI.
 #   channels:
 #     - conda-forge
 #     - nodefaults
@@ -30,11 +31,11 @@ LABEL io.github.snakemake.conda_env_hash="b06d0a3aa02d5fa7a7b18dd2cbe626540e4756
 #         - leidenalg==0.12.0
 #         - igraph==1.0.0
 #         - skops==0.16.0  # the saved model's classifier and scaler (no pickle)
-RUN mkdir -p /conda-envs/165e69a81f88c2caacde71708e775f43
-COPY envs/celltypist.yaml /conda-envs/165e69a81f88c2caacde71708e775f43/environment.yaml
+RUN mkdir -p /conda-envs/ef7f745077425d29fa15dadad7fe453f
+COPY envs/celltypist.yaml /conda-envs/ef7f745077425d29fa15dadad7fe453f/environment.yaml
 # Conda environment:
 #   source: envs/data.yaml
-#   prefix: /conda-envs/1220da59dc8758880739f5c1ac6aa194
+#   prefix: /conda-envs/38c90e8525018e702d515a63c2558bcc
 #   # download, qc, harmonise, split
 #   channels:
 #     - conda-forge
@@ -47,13 +48,13 @@ COPY envs/celltypist.yaml /conda-envs/165e69a81f88c2caacde71708e775f43/environme
 #     - scipy=1.16.3
 #     - pandas=2.3.3
 #     - h5py=3.15.1
-#     - scikit-learn=1.8.0
+#     - scikit-learn=1.7.2
 #     - tqdm=4.67.1
-RUN mkdir -p /conda-envs/1220da59dc8758880739f5c1ac6aa194
-COPY envs/data.yaml /conda-envs/1220da59dc8758880739f5c1ac6aa194/environment.yaml
+RUN mkdir -p /conda-envs/38c90e8525018e702d515a63c2558bcc
+COPY envs/data.yaml /conda-envs/38c90e8525018e702d515a63c2558bcc/environment.yaml
 # Conda environment:
 #   source: envs/interpret.yaml
-#   prefix: /conda-envs/b0aa0e5c2eb11141f6973ff93a83000e
+#   prefix: /conda-envs/c6bd7afb35b36b1c8534e8c7a06d77ab
 #   # interpretation: top genes, enrichment, differential expression, marker recall
 #   channels:
 #     - conda-forge
@@ -67,7 +68,7 @@ COPY envs/data.yaml /conda-envs/1220da59dc8758880739f5c1ac6aa194/environment.yam
 #     - scipy=1.16.3
 #     - pandas=2.3.3
 #     - h5py=3.15.1
-#     - scikit-learn=1.8.0
+#     - scikit-learn=1.7.2
 #     - matplotlib-base=3.10.7
 #     - tqdm=4.67.1
 #     - gseapy=1.1.11
@@ -76,8 +77,8 @@ COPY envs/data.yaml /conda-envs/1220da59dc8758880739f5c1ac6aa194/environment.yam
 #     - pip:
 #         - torch==2.13.0
 #         - skops==0.16.0  # reads the linear baselines' saved models
-RUN mkdir -p /conda-envs/b0aa0e5c2eb11141f6973ff93a83000e
-COPY envs/interpret.yaml /conda-envs/b0aa0e5c2eb11141f6973ff93a83000e/environment.yaml
+RUN mkdir -p /conda-envs/c6bd7afb35b36b1c8534e8c7a06d77ab
+COPY envs/interpret.yaml /conda-envs/c6bd7afb35b36b1c8534e8c7a06d77ab/environment.yaml
 # Conda environment:
 #   source: envs/report.yaml
 #   prefix: /conda-envs/14ef36bd051104cab391e532795ca9b8
@@ -94,7 +95,7 @@ RUN mkdir -p /conda-envs/14ef36bd051104cab391e532795ca9b8
 COPY envs/report.yaml /conda-envs/14ef36bd051104cab391e532795ca9b8/environment.yaml
 # Conda environment:
 #   source: envs/singler.yaml
-#   prefix: /conda-envs/5e1aac469224af3a44de4002667f05ff
+#   prefix: /conda-envs/3ebb9eac8e698a4f87d7c940780d0f7e
 #   # SingleR peer: BiocPy's singler (Python bindings of the C++ singlepp) and its BiocPy dependencies, from PyPI wheels
 #   channels:
 #     - conda-forge
@@ -107,7 +108,7 @@ COPY envs/report.yaml /conda-envs/14ef36bd051104cab391e532795ca9b8/environment.y
 #     - scipy=1.16.3
 #     - pandas=2.3.3
 #     - h5py=3.15.1
-#     - scikit-learn=1.8.0
+#     - scikit-learn=1.7.2
 #     - tqdm=4.67.1
 #     - pip=25.3
 #     - pip:
@@ -125,11 +126,11 @@ COPY envs/report.yaml /conda-envs/14ef36bd051104cab391e532795ca9b8/environment.y
 #         - knncolle==0.3.1
 #         - skops==0.16.0  # imported by sclabel.peers (CellTypist's saved model), which this env runs too
 #         - igraph==1.0.0  # scanpy's Leiden when SingleR's final model annotates with majority voting
-RUN mkdir -p /conda-envs/5e1aac469224af3a44de4002667f05ff
-COPY envs/singler.yaml /conda-envs/5e1aac469224af3a44de4002667f05ff/environment.yaml
+RUN mkdir -p /conda-envs/3ebb9eac8e698a4f87d7c940780d0f7e
+COPY envs/singler.yaml /conda-envs/3ebb9eac8e698a4f87d7c940780d0f7e/environment.yaml
 # Conda environment:
 #   source: envs/sklearn.yaml
-#   prefix: /conda-envs/1299c6b45a639983788a538e25fe0956
+#   prefix: /conda-envs/8bad5c1428553d38ce4b63bf87f48160
 #   # classical baselines, evaluation, and annotating with a baseline (scanpy, igraph: normalising and majority voting)
 #   channels:
 #     - conda-forge
@@ -141,18 +142,18 @@ COPY envs/singler.yaml /conda-envs/5e1aac469224af3a44de4002667f05ff/environment.
 #     - scipy=1.16.3
 #     - pandas=2.3.3
 #     - h5py=3.15.1
-#     - scikit-learn=1.8.0
+#     - scikit-learn=1.7.2
 #     - scanpy=1.11.5
 #     - tqdm=4.67.1
 #     - skops=0.16.0  # saved baseline models (model.skops; no pickle)
 #     - pip=25.3
 #     - pip:
 #         - igraph==1.0.0  # scanpy's Leiden (annotate.majority_voting), as in envs/torch.yaml
-RUN mkdir -p /conda-envs/1299c6b45a639983788a538e25fe0956
-COPY envs/sklearn.yaml /conda-envs/1299c6b45a639983788a538e25fe0956/environment.yaml
+RUN mkdir -p /conda-envs/8bad5c1428553d38ce4b63bf87f48160
+COPY envs/sklearn.yaml /conda-envs/8bad5c1428553d38ce4b63bf87f48160/environment.yaml
 # Conda environment:
 #   source: envs/torch.yaml
-#   prefix: /conda-envs/8afda69c654fbcdbe2011c980ca1b83b
+#   prefix: /conda-envs/1ed51a786132b2f5bac90e8badac761e
 #   # pretraining, fine-tuning and annotation (torch from PyPI: the CPU wheel where no GPU is needed; igraph: Leiden of annotate.majority_voting)
 #   channels:
 #     - conda-forge
@@ -165,21 +166,21 @@ COPY envs/sklearn.yaml /conda-envs/1299c6b45a639983788a538e25fe0956/environment.
 #     - scipy=1.16.3
 #     - pandas=2.3.3
 #     - h5py=3.15.1
-#     - scikit-learn=1.8.0
+#     - scikit-learn=1.7.2
 #     - tqdm=4.67.1
 #     - pip=25.3
 #     - pip:
 #         - torch==2.13.0
 #         - igraph==1.0.0
 #         - skops==0.16.0  # the embedding baselines' saved models
-RUN mkdir -p /conda-envs/8afda69c654fbcdbe2011c980ca1b83b
-COPY envs/torch.yaml /conda-envs/8afda69c654fbcdbe2011c980ca1b83b/environment.yaml
+RUN mkdir -p /conda-envs/1ed51a786132b2f5bac90e8badac761e
+COPY envs/torch.yaml /conda-envs/1ed51a786132b2f5bac90e8badac761e/environment.yaml
 
-RUN conda env create --prefix /conda-envs/165e69a81f88c2caacde71708e775f43 --file /conda-envs/165e69a81f88c2caacde71708e775f43/environment.yaml && \
-    conda env create --prefix /conda-envs/1220da59dc8758880739f5c1ac6aa194 --file /conda-envs/1220da59dc8758880739f5c1ac6aa194/environment.yaml && \
-    conda env create --prefix /conda-envs/b0aa0e5c2eb11141f6973ff93a83000e --file /conda-envs/b0aa0e5c2eb11141f6973ff93a83000e/environment.yaml && \
+RUN conda env create --prefix /conda-envs/ef7f745077425d29fa15dadad7fe453f --file /conda-envs/ef7f745077425d29fa15dadad7fe453f/environment.yaml && \
+    conda env create --prefix /conda-envs/38c90e8525018e702d515a63c2558bcc --file /conda-envs/38c90e8525018e702d515a63c2558bcc/environment.yaml && \
+    conda env create --prefix /conda-envs/c6bd7afb35b36b1c8534e8c7a06d77ab --file /conda-envs/c6bd7afb35b36b1c8534e8c7a06d77ab/environment.yaml && \
     conda env create --prefix /conda-envs/14ef36bd051104cab391e532795ca9b8 --file /conda-envs/14ef36bd051104cab391e532795ca9b8/environment.yaml && \
-    conda env create --prefix /conda-envs/5e1aac469224af3a44de4002667f05ff --file /conda-envs/5e1aac469224af3a44de4002667f05ff/environment.yaml && \
-    conda env create --prefix /conda-envs/1299c6b45a639983788a538e25fe0956 --file /conda-envs/1299c6b45a639983788a538e25fe0956/environment.yaml && \
-    conda env create --prefix /conda-envs/8afda69c654fbcdbe2011c980ca1b83b --file /conda-envs/8afda69c654fbcdbe2011c980ca1b83b/environment.yaml && \
+    conda env create --prefix /conda-envs/3ebb9eac8e698a4f87d7c940780d0f7e --file /conda-envs/3ebb9eac8e698a4f87d7c940780d0f7e/environment.yaml && \
+    conda env create --prefix /conda-envs/8bad5c1428553d38ce4b63bf87f48160 --file /conda-envs/8bad5c1428553d38ce4b63bf87f48160/environment.yaml && \
+    conda env create --prefix /conda-envs/1ed51a786132b2f5bac90e8badac761e --file /conda-envs/1ed51a786132b2f5bac90e8badac761e/environment.yaml && \
     conda clean --all -y

@@ -21,7 +21,7 @@ from threadpoolctl import threadpool_limits
 
 from sclabel import baselines
 from sclabel.annotator import MANIFEST, LabelledCells, load_annotator
-from sclabel.baselines import BASELINES, EMBEDDING_BASELINES, BaselineAnnotator, build_baseline
+from sclabel.baselines import BASELINES, EMBEDDING_BASELINES, BaselineAnnotator, build_baseline, penalty_arguments
 from sclabel.errors import InputError
 from sclabel.store import RowView, row_chunks, take_rows
 
@@ -144,8 +144,8 @@ def test_l1_gives_sparser_coefficients_than_l2_at_the_same_c(pbmc):
     assert np.mean(l1 == 0) > 0.5
     # the existing logreg still honours its penalty setting, through the same builder
     model = build_baseline("logreg", {"penalty": "l1"}, 0)[-1]
-    assert (model.solver, model.l1_ratio) == ("saga", 1.0)
-    assert build_baseline("logreg", {}, 0)[-1].l1_ratio == 0.0
+    assert model.solver == "saga" and penalty_arguments("l1").items() <= model.get_params().items()
+    assert penalty_arguments("l2").items() <= build_baseline("logreg", {}, 0)[-1].get_params().items()
 
 
 @pytest.mark.shared_data
@@ -371,10 +371,27 @@ def test_the_annotator_fits_on_training_cells_only_and_sets_its_threshold_on_val
     np.testing.assert_allclose(from_store.predict_proba(test[np.arange(test.shape[0])]), expected, rtol=1e-6,
                                atol=1e-9)
     from_store.calibrate_abstention(second, 0.1)
-    rejection = from_store.rejection_score(second.X)
+    rejection, probabilities = from_store.rejection_score(second.X), from_store.predict_proba(second.X)
     assert from_store.rejection_threshold == np.quantile(rejection, 0.9, method="higher")
-    assert from_store.abstains(rejection).mean() <= 0.1
-    assert not BaselineAnnotator("majority", {}, 0).fit(first).abstains(rejection).any()  # no threshold set
+    assert from_store.abstains(rejection, probabilities).mean() <= 0.1
+    majority = BaselineAnnotator("majority", {}, 0).fit(first)
+    majority.calibrate_abstention(second, 0.1)
+    assert not majority.abstains(rejection, probabilities).any()  # controls never abstain
+
+
+@pytest.mark.shared_data
+@pytest.mark.parametrize("name", [*CONTROLS, "logreg"])
+def test_controls_never_abstain_and_other_baselines_leave_it_to_the_workflow(pbmc, name):
+    annotator = BaselineAnnotator(name, FAST.get(name, {}), 0).fit(LabelledCells(pbmc["X_train"], pbmc["y_train"]))
+    probabilities = annotator.predict_proba(pbmc["X_test"])
+    predicted = annotator.classes[probabilities.argmax(axis=1)]
+    rejection = annotator.rejection_score(pbmc["X_test"])
+    for scores in (rejection, np.ones_like(rejection)):  # not even where every cell looks novel
+        abstained = annotator.own_abstention(scores, predicted)
+        if name in CONTROLS:
+            assert abstained.dtype == bool and abstained.shape == rejection.shape and not abstained.any()
+        else:
+            assert abstained is None  # the workflow's threshold, calibrated on validation cells, decides
 
 
 def fitted_logreg(rare_classes, folder):

@@ -121,7 +121,7 @@ def test_predict_proba_from_saved_members_equals_combining_their_tables(shared_d
         folders.append(str(tmp_path / method))
         probabilities, rejection = model.predict_proba(validation.X), model.rejection_score(validation.X)
         tables[method] = predictions_table(pd.Index(np.arange(len(rejection)).astype(str)), validation.labels,
-                                           probabilities, model.classes, rejection, model.abstains(rejection))
+                                           probabilities, model.classes, rejection, model.abstains(rejection, probabilities))
     consensus = ConsensusAnnotator("consensus", {"alpha": 4})
     consensus.fit_tables(tables, folders)
     consensus.save(tmp_path / "consensus")

@@ -4,6 +4,7 @@ the not-run record."""
 from __future__ import annotations
 
 import copy
+import importlib.metadata
 import importlib.util
 import json
 import re
@@ -93,22 +94,51 @@ def test_peers_annotate_a_held_out_protocol_well(symphony, predicted, peer, min_
     assert min_kappa < kappa < 1.0
 
 
-@pytest.mark.shared_data
-def test_celltypist_agrees_with_calling_celltypist_directly(symphony, predicted):
-    need("celltypist")
+def celltypist_by_hand(symphony, **train_args):
+    """CellTypist trained and run on the Symphony split by hand ('prob match' at p_thres 0.5) with ``train_args``."""
     import celltypist
 
-    probabilities, classes = predicted("celltypist")
     train = peers.cp10k_log1p(symphony["X_train"]).toarray()
     test = peers.cp10k_log1p(symphony["X_test"]).toarray()
     assert np.allclose(np.expm1(train).sum(axis=1), 10_000)  # CellTypist's input: each cell sums to 10,000
-    model = celltypist.train(train, labels=symphony["y_train"], genes=np.asarray(symphony["genes"]), use_SGD=True,
-                             random_state=0)
+    model = celltypist.train(train, labels=symphony["y_train"], genes=np.asarray(symphony["genes"]), **train_args)
     query = ad.AnnData(test)
     query.var_names = np.asarray(symphony["genes"])
-    direct = celltypist.annotate(query, model=model)
-    expected = direct.predicted_labels["predicted_labels"].astype(str).to_numpy()
-    np.testing.assert_array_equal(classes[probabilities.argmax(axis=1)], expected)
+    return model, celltypist.annotate(query, model=model, mode="prob match", p_thres=0.5)
+
+
+@pytest.mark.shared_data
+def test_celltypist_at_its_defaults_agrees_with_calling_celltypist_by_hand(symphony, fitted, predicted):
+    need("celltypist")
+    annotator = fitted("celltypist")
+    probabilities, classes = predicted("celltypist")
+    model, direct = celltypist_by_hand(symphony)  # celltypist.train's own defaults: no solver, SGD or seed given
+    assert type(model.classifier).__name__ == type(annotator.model.classifier).__name__ == "LogisticRegression"
+    assert annotator.model.classifier.get_params() == {**model.classifier.get_params(), "n_jobs": 1,
+                                                       "random_state": 0}  # lbfgs uses neither
+    raw = direct.probability_matrix[list(classes)].to_numpy()  # expit of CellTypist's scores
+    scores = direct.decision_matrix[list(classes)].to_numpy()
+    np.testing.assert_array_equal(classes[probabilities.argmax(axis=1)], classes[scores.argmax(axis=1)])
+    np.testing.assert_allclose(probabilities, raw / raw.sum(axis=1, keepdims=True), rtol=1e-6, atol=1e-12)
+    # confidence and abstention are CellTypist's own: its largest expit probability and its 'prob match' rule
+    rejection = annotator.rejection_score(symphony["X_test"])
+    np.testing.assert_allclose(rejection, 1.0 - raw.max(axis=1), rtol=1e-6, atol=1e-9)
+    unassigned = direct.predicted_labels["predicted_labels"].astype(str).to_numpy() == "Unassigned"
+    abstained = annotator.own_abstention(rejection, classes[probabilities.argmax(axis=1)])
+    np.testing.assert_array_equal(abstained, unassigned)
+    assert 0 < unassigned.sum() < 0.2 * len(unassigned)
+
+
+@pytest.mark.shared_data
+def test_celltypist_sgd_is_opt_in_and_agrees_with_calling_celltypist_by_hand(symphony, caplog):
+    need("celltypist")
+    caplog.set_level("INFO", logger="sclabel")
+    annotator = fit_peer("celltypist", symphony, {"use_SGD": True})
+    assert "CellTypist classifier: SGDClassifier (loss log_loss)" in caplog.text
+    probabilities, classes = annotator.predict_proba(symphony["X_test"]), annotator.classes
+    _, direct = celltypist_by_hand(symphony, use_SGD=True, random_state=0)
+    scores = direct.decision_matrix[list(classes)].to_numpy()
+    np.testing.assert_array_equal(probabilities.argmax(axis=1), scores.argmax(axis=1))
     # expit(score) shares per cell; direct.probability_matrix holds expit(score), which underflows to 0 for every
     # class of some cells (SGD scores reach -3,000), so the shares are compared where it does not
     raw = direct.probability_matrix[list(classes)].to_numpy()
@@ -132,6 +162,46 @@ def test_singler_agrees_with_calling_singler_directly(symphony, predicted):
     scores = np.column_stack([direct.get_column("scores").get_column(c) for c in classes])
     fine_tuned = scores.argmax(axis=1) != probabilities.argmax(axis=1)
     assert 0 < fine_tuned.mean() < 0.2
+
+
+@pytest.mark.shared_data
+def test_singler_abstains_where_pruneScores_prunes_its_own_result(symphony, fitted, predicted):
+    need("singler")
+    import singler
+
+    annotator = fitted("singler")
+    probabilities, classes = predicted("singler")
+    genes = list(symphony["genes"])
+    reference = singler.train_single(symphony["X_train"].toarray().T, list(symphony["y_train"]), genes)
+    direct = singler.classify_single(symphony["X_test"].toarray().T, reference)
+    table = direct.get_column("scores")
+    scores = pd.DataFrame({c: np.asarray(table.get_column(c), dtype=float) for c in classes})
+    best = pd.Series(np.asarray(direct.get_column("best")).astype(str))
+    # SingleR's pruneScores at its defaults (nmads 3, min.diff.med 0), written out with pandas
+    delta = pd.Series([scores.at[i, label] for i, label in best.items()]) - scores.median(axis=1)
+    kept = delta >= 0
+    median = delta[kept].groupby(best[kept]).transform("median")
+    mad = (delta[kept] - median).abs().groupby(best[kept]).transform("median") * 1.4826
+    kept[kept] = delta[kept] >= median - 3 * mad
+    rejection = annotator.rejection_score(symphony["X_test"])
+    np.testing.assert_allclose(rejection, (2 - delta.to_numpy()) / 4, atol=1e-12)  # higher: less like its label
+    abstained = annotator.own_abstention(rejection, classes[probabilities.argmax(axis=1)])
+    np.testing.assert_array_equal(abstained, ~kept.to_numpy())
+    assert 0 < abstained.sum() < 0.2 * len(abstained)
+
+
+def test_prune_scores_follows_singlers_own_examples():
+    # SingleR's test-prune.R: a delta below min.diff.med is pruned; one cell per label is never an outlier
+    scores = np.array([[0, 0, 0, 0, 1], [0, 0, 0, 1, 1], [0, 0, 1, 1, 1], [0, 1, 1, 1, 1], [1, 1, 1, 1, 1]], float)
+    chosen = np.array([4, 4, 4, 4, 4])
+    delta = peers.delta_from_median(scores, chosen)
+    labels = np.array(["E"] * 5)
+    assert peers.prune_scores(delta, labels, min_diff_med=0.05).tolist() == [False, False, True, True, True]
+    assert peers.prune_scores(delta, labels, min_diff_med=2).all()
+    # within a label, a delta more than 3 MADs below the label's median is pruned; the other label is unaffected
+    delta = np.array([0.50, 0.52, 0.48, 0.51, 0.49, 0.20, 0.05, 0.9])
+    labels = np.array(["a"] * 6 + ["b"] * 2)
+    assert peers.prune_scores(delta, labels).tolist() == [False] * 5 + [True] + [False] * 2
 
 
 def test_softmax_with_label_moves_the_top_probability_to_the_chosen_label():
@@ -263,6 +333,14 @@ def test_workflow_scores_the_peers_on_the_same_split(peer_run):
         saved = load_annotator(workdir / f"results/models/{peer}/{split}")
         assert [f"proba:{c}" for c in saved.classes] == metrics.probability_columns(tables[peer])
         assert (workdir / f"results/report/confusion/{peer}.png").read_bytes()[:4] == b"\x89PNG"
+    methods = pd.read_csv(workdir / "results/benchmark/methods.tsv", sep="\t").set_index("name")
+    for method in ("logreg", "celltypist", "singler"):
+        assert methods.loc[method, "version"] == importlib.metadata.version(methods.loc[method, "package"])
+    assert (methods["fit_cells"] == "train").all()
+    assert methods.loc["celltypist", "package"] == "celltypist" and "p_thres" in methods.loc["celltypist",
+                                                                                             "rejection_rule"]
+    assert json.loads(methods.loc["celltypist", "configured_settings"])["use_SGD"] is False
+    assert "pruneScores" in methods.loc["singler", "rejection_rule"]
 
 
 @pytest.mark.workflow

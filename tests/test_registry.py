@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import re
@@ -70,6 +71,31 @@ def test_methods_table_rows_carry_the_configured_settings():
     assert json.loads(rows[0]["configured_settings"]) == {"C": 0.5}
     assert json.loads(rows[1]["configured_settings"]) == {}
     assert rows[1]["at_scale"].startswith("CellTypist's large-data mode")
+
+
+
+def test_methods_table_rows_name_the_package_the_fitted_cells_and_the_rejection_rule():
+    rows = {row["name"]: row for row in registry.method_rows(registry.names(), {})}
+    assert {row["package"] for row in rows.values()} == {"scikit-learn", "torch", "celltypist", "singler"}
+    assert rows["mlp"]["package"] == "torch" and rows["celltypist"]["package"] == "celltypist"
+    assert all(row["fit_cells"] == "train" for row in rows.values())
+    assert {rows[name]["rejection_rule"] for name in registry.names("control")} == {registry.NEVER_ABSTAINS}
+    assert rows["logreg"]["rejection_rule"] == rows["mlp"]["rejection_rule"] == registry.THRESHOLD_REJECTION
+    assert "p_thres" in rows["celltypist"]["rejection_rule"] and "pruneScores" in rows["singler"]["rejection_rule"]
+    assert "rejection" not in rows["logreg"]
+
+
+def test_package_version_is_the_installed_one_else_the_env_files_pin(tmp_path):
+    envs = REPO_ROOT / "envs"
+    for name in ("logreg", "mlp"):
+        method = registry.get(name)
+        assert registry.package_version(method, envs) == importlib.metadata.version(method.package)
+        assert re.fullmatch(r"\d+\.\d+\.\d+", registry.pinned_version(method.package, envs / f"{method.env}.yaml"))
+    (tmp_path / "absent.yaml").write_text("dependencies:\n  - numpy=2.3.5\n  - pip:\n      - not-a-package==0.3.1  # x\n")
+    missing = registry.Method("m", "peer", "x:Y", "absent", "peers.m", "", package="not-a-package")
+    assert registry.package_version(missing, tmp_path) == "0.3.1 (envs/absent.yaml)"
+    unpinned = registry.Method("m", "peer", "x:Y", "absent", "peers.m", "", package="not-installed-either")
+    assert registry.package_version(unpinned, tmp_path) == "absent"
 
 
 @pytest.fixture

@@ -61,9 +61,9 @@ def score_query(model: Annotator, query: ad.AnnData, settings: Mapping[str, Any]
         probabilities.append(model.predict_proba(X))
         rejection.append(model.rejection_score(X))
         embedding.append(model.embed(X))
-    rejection_all = np.concatenate(rejection)
+    rejection_all, probabilities_all = np.concatenate(rejection), np.concatenate(probabilities)
     embedded = None if any(block is None for block in embedding) else np.concatenate(embedding)
-    return QueryScores(model.classes, np.concatenate(probabilities), rejection_all, model.abstains(rejection_all),
+    return QueryScores(model.classes, probabilities_all, rejection_all, model.abstains(rejection_all, probabilities_all),
                        embedded, overlap)
 
 
@@ -71,7 +71,7 @@ def consensus_scores(consensus: ConsensusAnnotator, member_files: Sequence[str])
     """The consensus of the members' probability tables on one query (written by ``member_stage``)."""
     tables = read_prediction_tables(member_files)
     probabilities, rejection = consensus.combine(tables, ", ".join(member_files))
-    return QueryScores(consensus.classes, probabilities, rejection, consensus.abstains(rejection))
+    return QueryScores(consensus.classes, probabilities, rejection, consensus.abstains(rejection, probabilities))
 
 
 def member_stage(model_dir: str, query_files: Sequence[str], settings: Mapping[str, Any], target_sum: float,

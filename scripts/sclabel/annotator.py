@@ -98,8 +98,10 @@ class Annotator(ABC):
         """How unlike every known class each cell is, in [0, 1] (default: 1 - highest class probability)."""
         return 1.0 - self.predict_proba(X).max(axis=1)
 
-    def own_abstention(self, rejection: np.ndarray) -> np.ndarray | None:
-        """The method's own abstention rule on its rejection scores (None: the validation-calibrated threshold)."""
+    def own_abstention(self, rejection: np.ndarray, predicted: np.ndarray) -> np.ndarray | None:
+        """Which cells the method's own published rule leaves unassigned, given their ``rejection_score`` and most
+        probable class; None (the default) when the method has no rule of its own and the workflow's threshold on
+        the rejection score, calibrated on validation cells, decides."""
         return None
 
     def calibrate_abstention(self, validation: LabelledCells | None, known_abstention: float) -> None:
@@ -117,9 +119,10 @@ class Annotator(ABC):
                                  for chunk in row_chunks(validation.X, self.context.chunk_cells)])
         self.rejection_threshold = float(np.quantile(scores, 1.0 - known_abstention, method="higher"))
 
-    def abstains(self, rejection: np.ndarray) -> np.ndarray:
-        """Whether each cell is left unassigned: the method's own rule, else its calibrated rejection threshold."""
-        own = self.own_abstention(rejection)
+    def abstains(self, rejection: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
+        """Whether each cell is left unassigned, given its rejection score and class probabilities: the method's own
+        rule, else its rejection threshold calibrated on validation cells."""
+        own = self.own_abstention(rejection, self.classes[np.asarray(probabilities).argmax(axis=1)])
         if own is not None:
             return np.asarray(own, dtype=bool)
         if self.rejection_threshold is None:

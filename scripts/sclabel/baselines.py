@@ -60,6 +60,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+import sklearn
 from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.decomposition import PCA
@@ -207,6 +208,14 @@ class RandomLabelClassifier(ClassifierMixin, BaseEstimator):
         return self.classes_[self.predict_proba(X).argmax(axis=1)]
 
 
+def penalty_arguments(penalty: str) -> dict[str, Any]:
+    """``LogisticRegression``'s arguments for an L1 or L2 penalty: ``penalty`` before scikit-learn 1.8, ``l1_ratio``
+    from 1.8 on (1.8 deprecated ``penalty``; 1.7 ignores ``l1_ratio`` unless the penalty is elastic-net)."""
+    if tuple(int(part) for part in sklearn.__version__.split(".")[:2]) < (1, 8):
+        return {"penalty": penalty}
+    return {"l1_ratio": 1.0 if penalty == "l1" else 0.0}
+
+
 def logistic_regression(settings: Mapping[str, Any], seed: int, penalty: str | None = None) -> Pipeline:
     """Multinomial logistic regression on max-abs scaled log expression (sparse-safe scaling).
 
@@ -218,7 +227,7 @@ def logistic_regression(settings: Mapping[str, Any], seed: int, penalty: str | N
     model = LogisticRegression(
         C=settings.get("C", 1.0), max_iter=settings.get("max_iter", 1000), random_state=seed,
         solver="saga" if penalty == "l1" else "lbfgs", class_weight=settings.get("class_weight"),
-        l1_ratio=1.0 if penalty == "l1" else 0.0,
+        **penalty_arguments(penalty),
     )
     return make_pipeline(MaxAbsScaler(), model)
 
@@ -447,6 +456,12 @@ class BaselineAnnotator(Annotator):
 
     def predict_proba(self, X: Any) -> np.ndarray:
         return np.asarray(self.model.predict_proba(in_memory(self.features(X))), dtype=float)
+
+    def own_abstention(self, rejection: np.ndarray, predicted: np.ndarray) -> np.ndarray | None:
+        """Controls never abstain (every cell keeps its label); the other baselines follow the workflow's threshold."""
+        if registry.get(self.method).family == "control":
+            return np.zeros(len(rejection), dtype=bool)
+        return None
 
     def top_genes(self) -> pd.DataFrame:
         """Per-class coefficients (MaxAbsScaler folded in) of the linear baselines; others rank no genes."""

@@ -129,7 +129,7 @@ class ConsensusAnnotator(Annotator):
             probabilities, rejection = model.predict_proba(X), model.rejection_score(X)
             tables[member] = pd.DataFrame({
                 "cell_id": np.arange(len(probabilities)).astype(str),
-                "predicted": model.classes[probabilities.argmax(axis=1)], ABSTAINED: model.abstains(rejection),
+                "predicted": model.classes[probabilities.argmax(axis=1)], ABSTAINED: model.abstains(rejection, probabilities),
                 REJECTION: rejection,
                 **{f"{PROBA_PREFIX}{c}": probabilities[:, i] for i, c in enumerate(model.classes)}})
         return tables
@@ -195,4 +195,4 @@ def consensus_stage(validation_files: Sequence[str], member_models: Sequence[str
         probabilities, rejection = consensus.combine(tables, output_predictions)
         first = tables[next(member for member in consensus.members if member in tables)]
         write_predictions([(pd.Index(first["cell_id"]), first["true"].to_numpy(), probabilities, rejection,
-                            consensus.abstains(rejection))], consensus.classes, output_predictions)
+                            consensus.abstains(rejection, probabilities))], consensus.classes, output_predictions)

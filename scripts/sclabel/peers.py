@@ -14,8 +14,14 @@ peer's package (``envs/celltypist.yaml``, ``envs/singler.yaml``).
 A peer that cannot run on the data raises ``PeerNotRunnable`` (a ``MethodNotRunnable``); ``method_stage`` then writes
 a ``not_run`` record instead of the model and predictions, and the evaluation shows the method as
 ``not run: <reason>`` in ``summary.tsv`` rather than failing the sweep or leaving the method out. Reasons: the package
-is not installed in the running environment; CellTypist's expression check fails; CellTypist's full-batch logistic
-regression (``use_SGD: false``) needs scikit-learn < 1.8.
+is not installed in the running environment; CellTypist's expression check fails; CellTypist's default solver
+(``use_SGD: false``) finds scikit-learn >= 1.8 (pyproject.toml and every env pin a scikit-learn below 1.8).
+
+Defaults. Both peers run at their packages' published defaults: CellTypist as ``celltypist.train`` trains by default
+(full-batch logistic regression, one-vs-rest, CellTypist's own solver choice: lbfgs, sag above 50,000 cells; no
+feature selection), SingleR as ``classify_single`` classifies by default (quantile 0.8, fine-tuning within 0.05).
+A non-default mode (``use_SGD``, ``feature_selection``, ...) is opt-in through ``peers.<peer>``; the job's log names
+the classifier that ran and methods.tsv the settings.
 
 CellTypist input. CellTypist expects natural-log1p expression normalised to 10,000 counts per cell over all genes,
 and refuses training data whose first cell does not sum to 10,000 +/- 1 after ``expm1``. The workflow's matrix is
@@ -31,14 +37,23 @@ unchanged and CellTypist's own check decides.
 CellTypist probabilities. CellTypist scores each class one-vs-rest (``decision_function``) and reports
 ``expit(score)`` per class, which does not sum to 1; the probabilities here are those values divided by their sum
 per cell, computed from the scores in log space (``expit_shares``): SGD models give scores of -3,000 and below, where
-``expit`` itself underflows to 0 for every class. The predicted class (the largest score) is unchanged.
+``expit`` itself underflows to 0 for every class. The predicted class (the largest score) is unchanged. The rejection
+score is CellTypist's own: 1 - its largest ``expit(score)``, and a cell abstains by CellTypist's 'prob match' rule,
+no class's probability above ``p_thres`` (0.5), i.e. a rejection score of at least 1 - ``p_thres``.
 
 SingleR probabilities. SingleR scores each reference label by a quantile (``quantile``) of the Spearman correlations
 between the cell and that label's reference cells over marker genes, then fine-tunes among the labels within
 ``fine_tune_threshold`` of the best. The probabilities are a softmax of the scores divided by ``temperature``
 (correlation gaps between the first and second label are typically 0.01-0.1); when fine-tuning picks a label other
 than the top-scoring one, the two labels' probabilities are swapped, so the predicted class is SingleR's label and
-the probabilities are a permutation of the softmax. SingleR is deterministic; the seed is unused.
+the probabilities are a permutation of the softmax. The temperature shapes only these probabilities (the confidence
+column and the ranking metrics); rejection and abstention use SingleR's own scores. The rejection score is
+``(2 - delta) / 4`` (in [0, 1], higher = more likely novel) of SingleR's delta: the first-pass score of SingleR's label
+minus the median score over labels, what SingleR's ``pruneScores`` thresholds. A cell abstains where ``pruneScores``
+at its defaults prunes it (``prune_scores``; BiocPy's singler 0.5.0 has no pruning of its own): delta below
+``min_diff_med`` (0), or more than ``nmads`` (3) MADs below the median delta of the cells given the same label. That
+rule compares cells given the same label, so it depends on the set of cells classified together.
+SingleR is deterministic; the seed is unused.
 
 At scale. Both peers hold their training matrix in memory, so above ``max_nnz`` stored values in the split's
 training matrix each trains on a seeded stratified sample of the training cells (``baselines.stratified_sample``,
@@ -66,6 +81,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+from scipy.special import expit
 
 from sclabel import qc
 from sclabel.annotator import Annotator, LabelledCells, MethodNotRunnable, RunContext
@@ -82,18 +98,19 @@ CP10K = 10_000.0
 BOUND_TOLERANCE = 0.01
 DEFAULTS: dict[str, dict[str, Any]] = {
     "celltypist": {
-        "renormalise": True, "use_SGD": True, "feature_selection": False, "top_genes": 300, "C": 1.0,
-        "alpha": 0.0001, "max_iter": None, "mini_batch": False, "batch_number": 100, "batch_size": 1000,
-        "epochs": 10, "balance_cell_type": False, "with_mean": True, "large_data_cells": 100_000,
+        "renormalise": True, "use_SGD": False, "solver": None, "feature_selection": False, "top_genes": 300,
+        "C": 1.0, "alpha": 0.0001, "max_iter": None, "mini_batch": False, "batch_number": 100, "batch_size": 1000,
+        "epochs": 10, "balance_cell_type": False, "with_mean": True, "p_thres": 0.5, "large_data_cells": 100_000,
         "max_nnz": 30_000_000,
     },
     "singler": {
         "num_de": None, "quantile": 0.8, "use_fine_tune": True, "fine_tune_threshold": 0.05, "temperature": 0.01,
-        "aggregate_cells": 20_000, "aggregate_power": 0.5, "max_nnz": 50_000_000,
+        "nmads": 3.0, "min_diff_med": 0.0, "aggregate_cells": 20_000, "aggregate_power": 0.5, "max_nnz": 50_000_000,
     },
 }
 PEERS = tuple(DEFAULTS)
-SCALE_SETTINGS = ("renormalise", "large_data_cells", "max_nnz")  # CellTypist settings that are not train()'s
+WORKFLOW_SETTINGS = ("renormalise", "p_thres", "large_data_cells", "max_nnz")  # CellTypist settings not train()'s
+MAD_SCALE = 1.4826  # R's mad(): the MAD scaled to a normal standard deviation, as SingleR's pruneScores uses it
 LARGE_DATA_MODE = {"use_SGD": True, "mini_batch": True, "with_mean": False}  # CellTypist's own large-data mode
 SINGLER_AGGREGATION_RANK = 20  # aggregate_reference's default number of PCs
 DENSE_BYTES = 256 * 2**20  # CellTypist annotates a dense query (float64): at most this much at once
@@ -178,7 +195,7 @@ def softmax_with_label(scores: np.ndarray, chosen: np.ndarray, temperature: floa
 
 
 def in_class_order(probabilities: np.ndarray, labels: Sequence[str], classes: np.ndarray) -> np.ndarray:
-    """Columns of ``probabilities`` (in ``labels`` order) rearranged to ``classes``; both must hold the same set."""
+    """Columns of ``probabilities`` (or scores; in ``labels`` order) rearranged to ``classes``; the same set both."""
     labels = [str(label) for label in labels]
     if sorted(labels) != sorted(map(str, classes)):
         raise RuntimeError(f"peer returned classes {labels}, expected the training classes {list(classes)}")
@@ -198,7 +215,7 @@ def celltypist_train(X: Any, labels: np.ndarray, genes: np.ndarray, seed: int, s
                      threads: int, target_sum: float) -> Any:
     """A CellTypist ``Model`` trained on the cells (a bounded sample; large-data mode above ``large_data_cells``)."""
     celltypist = import_peer("celltypist")
-    options = {key: value for key, value in settings.items() if key not in SCALE_SETTINGS}
+    options = {key: value for key, value in settings.items() if key not in WORKFLOW_SETTINGS}
     large = len(labels) > settings["large_data_cells"]
     if large:
         options.update(LARGE_DATA_MODE)
@@ -210,16 +227,16 @@ def celltypist_train(X: Any, labels: np.ndarray, genes: np.ndarray, seed: int, s
     rng_state = np.random.get_state()
     np.random.seed(seed)  # CellTypist's mini-batches draw from numpy's global generator
     try:
-        return celltypist.train(X, labels=labels[cells], genes=genes, n_jobs=threads, random_state=seed, **options)
+        model = celltypist.train(X, labels=labels[cells], genes=genes, n_jobs=threads, random_state=seed, **options)
     except TypeError as err:
         if "multi_class" not in str(err):
             raise
         import sklearn
 
         raise PeerNotRunnable(
-            f"CellTypist {celltypist.__version__}'s logistic regression (use_SGD: false) passes multi_class, which "
-            f"scikit-learn 1.8 removed (installed: {sklearn.__version__}); set peers.celltypist.use_SGD: true or "
-            "run with --sdm conda (envs/celltypist.yaml has scikit-learn < 1.8)") from err
+            f"CellTypist {celltypist.__version__}'s default solver (use_SGD: false) passes multi_class, which "
+            f"scikit-learn 1.8 removed (installed: {sklearn.__version__}); install scikit-learn < 1.8 as "
+            "pyproject.toml pins it (pip install -e .), or run with --sdm conda") from err
     except ValueError as err:
         if "Invalid expression matrix" not in str(err):
             raise
@@ -227,11 +244,20 @@ def celltypist_train(X: Any, labels: np.ndarray, genes: np.ndarray, seed: int, s
         raise PeerNotRunnable(f"CellTypist's input check failed: {message}") from err
     finally:
         np.random.set_state(rng_state)
+    log.info("CellTypist classifier: %s", classifier_text(model.classifier))
+    return model
 
 
-def celltypist_proba(model: Any, X: Any, genes: Sequence[str], classes: np.ndarray, target_sum: float,
-                     renormalise: bool) -> np.ndarray:
-    """Class probabilities (``expit_shares`` of CellTypist's scores) of cells, dense ``DENSE_BYTES`` at a time."""
+def classifier_text(classifier: Any) -> str:
+    """The classifier CellTypist trained, as the log names it (its type and solver or loss)."""
+    params = classifier.get_params()
+    return (f"{type(classifier).__name__} (solver {params['solver']}, max_iter {params['max_iter']})"
+            if "solver" in params else f"{type(classifier).__name__} (loss {params['loss']})")
+
+
+def celltypist_scores(model: Any, X: Any, genes: Sequence[str], classes: np.ndarray, target_sum: float,
+                      renormalise: bool) -> np.ndarray:
+    """CellTypist's decision scores of cells, columns in ``classes`` order, dense ``DENSE_BYTES`` at a time."""
     celltypist = import_peer("celltypist")
     X = cp10k_log1p(X, target_sum, renormalise)
     scores = []
@@ -240,7 +266,7 @@ def celltypist_proba(model: Any, X: Any, genes: Sequence[str], classes: np.ndarr
         query.var_names = np.asarray(genes, dtype=str)
         scores.append(celltypist.annotate(query, model=model, majority_voting=False).decision_matrix)
     decision = pd.concat(scores)
-    return in_class_order(expit_shares(decision.to_numpy(dtype=float)), list(decision.columns), classes)
+    return in_class_order(decision.to_numpy(dtype=float), list(decision.columns), classes)
 
 
 def qualified_name(cls: type) -> str:
@@ -285,10 +311,22 @@ class CelltypistAnnotator(Annotator):
         self.preprocessing = {"target_sum": target_sum}
         return self
 
+    def scores(self, X: Any) -> np.ndarray:
+        """CellTypist's decision scores of the cells, columns in ``classes`` order."""
+        return celltypist_scores(self.model, X, self.genes, self.classes, self.preprocessing["target_sum"],
+                                 self.settings["renormalise"])
+
     def predict_proba(self, X: Any) -> np.ndarray:
         """CellTypist's scores as probabilities (``expit_shares``), columns in ``classes`` order."""
-        return celltypist_proba(self.model, X, self.genes, self.classes, self.preprocessing["target_sum"],
-                                self.settings["renormalise"])
+        return expit_shares(self.scores(X))
+
+    def rejection_score(self, X: Any) -> np.ndarray:
+        """1 - CellTypist's own probability of its predicted class (``expit`` of the largest score)."""
+        return expit(-self.scores(X).max(axis=1))
+
+    def own_abstention(self, rejection: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+        """CellTypist's 'prob match' rule: unassigned where no class's probability exceeds ``p_thres``."""
+        return rejection >= 1.0 - self.settings["p_thres"]
 
     def top_genes(self) -> pd.DataFrame:
         """Genes ranked per cell type by the classifier's coefficients (over its features)."""
@@ -355,6 +393,24 @@ def markers_from_arrays(arrays: Mapping[str, np.ndarray], classes: np.ndarray,
     return markers
 
 
+def delta_from_median(scores: np.ndarray, chosen: np.ndarray) -> np.ndarray:
+    """SingleR's delta per cell: the score of its label (column ``chosen``) minus the median score over labels."""
+    return scores[np.arange(len(scores)), chosen] - np.median(scores, axis=1)
+
+
+def prune_scores(delta: np.ndarray, labels: np.ndarray, nmads: float = 3.0, min_diff_med: float = 0.0) -> np.ndarray:
+    """Cells SingleR's ``pruneScores`` prunes: delta below ``min_diff_med``, or, among the rest given the same label,
+    more than ``nmads`` MADs (R's ``mad``, scaled by 1.4826) below that label's median delta."""
+    keep = delta >= min_diff_med
+    for label in np.unique(labels[keep]):
+        members = np.flatnonzero(keep & (labels == label))
+        current = delta[members]
+        median = np.median(current)
+        mad = MAD_SCALE * np.median(np.abs(current - median))
+        keep[members] = current >= median - nmads * mad
+    return ~keep
+
+
 class SinglerAnnotator(Annotator):
     """SingleR (BiocPy ``singler``) with a reference of training cells or profiles aggregated from them.
 
@@ -414,8 +470,8 @@ class SinglerAnnotator(Annotator):
                                     markers=markers_from_arrays(state, self.classes, marker_genes),
                                     num_threads=self.context.threads)
 
-    def predict_proba(self, X: Any) -> np.ndarray:
-        """Softmax of SingleR's scores, its fine-tuned label on top (``softmax_with_label``), in ``classes`` order."""
+    def classify(self, X: Any) -> tuple[np.ndarray, np.ndarray]:
+        """SingleR's first-pass scores (columns in ``classes`` order) and its label's column, per cell."""
         singler = import_peer("singler")
         settings = self.settings
         result = singler.classify_single(genes_by_cells(X), self.reference, quantile=settings["quantile"],
@@ -423,11 +479,26 @@ class SinglerAnnotator(Annotator):
                                          fine_tune_threshold=settings["fine_tune_threshold"],
                                          num_threads=self.context.threads)
         labels = [str(label) for label in self.reference.labels]
-        position = {label: i for i, label in enumerate(labels)}
         table = result.get_column("scores")
         scores = np.column_stack([np.asarray(table.get_column(label), dtype=float) for label in labels])
-        chosen = np.array([position[str(label)] for label in result.get_column("best")], dtype=int)
-        return in_class_order(softmax_with_label(scores, chosen, settings["temperature"]), labels, self.classes)
+        position = {str(label): i for i, label in enumerate(self.classes)}
+        return (in_class_order(scores, labels, self.classes),
+                np.array([position[str(label)] for label in result.get_column("best")], dtype=int))
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Softmax of SingleR's scores, its fine-tuned label on top (``softmax_with_label``), in ``classes`` order."""
+        scores, chosen = self.classify(X)
+        return softmax_with_label(scores, chosen, self.settings["temperature"])
+
+    def rejection_score(self, X: Any) -> np.ndarray:
+        """``(2 - delta) / 4`` of SingleR's delta from the median (see the module notes): higher, more likely novel."""
+        scores, chosen = self.classify(X)
+        return (2.0 - delta_from_median(scores, chosen)) / 4.0
+
+    def own_abstention(self, rejection: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+        """SingleR's ``pruneScores`` at its defaults on the deltas behind ``rejection`` (``prune_scores``)."""
+        return prune_scores(2.0 - 4.0 * np.asarray(rejection, dtype=float), np.asarray(predicted).astype(str),
+                            self.settings["nmads"], self.settings["min_diff_med"])
 
     def save_arrays(self, folder: Path) -> dict[str, Any]:
         """``reference.npz`` (no pickled objects)."""

@@ -46,9 +46,9 @@ def annotator_parts(annotator, cells, labels: pd.Series, ids: pd.Index,
     """(cell ids, truth, probabilities, rejection scores, abstained) of a fitted annotator on the store cells
     ``ids``, ``chunk_cells`` at a time (the parts ``write_predictions`` takes)."""
     for rows, block in cells.chunks(cells.rows_of(ids), chunk_cells):
-        rejection = annotator.rejection_score(block)
-        yield (cells.obs_names[rows], labels.iloc[rows].to_numpy(), annotator.predict_proba(block), rejection,
-               annotator.abstains(rejection))
+        rejection, probabilities = annotator.rejection_score(block), annotator.predict_proba(block)
+        yield (cells.obs_names[rows], labels.iloc[rows].to_numpy(), probabilities, rejection,
+               annotator.abstains(rejection, probabilities))
 
 
 def write_annotator_predictions(annotator, cells, labels: pd.Series, ids: pd.Index, output: str,

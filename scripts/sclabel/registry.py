@@ -8,8 +8,10 @@ imports nothing beyond the standard library, so the Snakefile reads it without a
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass
-from importlib import import_module
+from importlib import import_module, metadata
+from pathlib import Path
 from typing import Any
 
 # What each family runs as in the workflow (workflow/rules/*.smk): the rule that trains it on a split
@@ -33,6 +35,10 @@ ENCODER_TEXT = {
     "transformer": "scBERT-style transformer over genes (expression bins + gene-identity embedding, FAVOR+ linear "
                    "attention)",
 }
+# how each method leaves a cell unassigned (methods.tsv's rejection_rule); the peers' own rules are in their entries
+THRESHOLD_REJECTION = ("rejection score above the threshold that leaves at most abstention.known_rate (5%) "
+                       "of validation cells unassigned")
+NEVER_ABSTAINS = "never abstains"
 PRETRAINING = tuple(p for p in PRETRAINING_TEXT if p)
 ENCODERS = tuple(ENCODER_TEXT)
 
@@ -53,16 +59,22 @@ class Method:
     encoder: str | None = None  # neural encoder architecture
     explains: str | None = None  # how it ranks genes per cell type (None: it does not)
     at_scale: str = "as at any size"  # what it does on large training sets (methods.tsv)
+    package: str = "scikit-learn"  # the package that implements it (methods.tsv gives its version)
+    rejection: str = THRESHOLD_REJECTION  # when it leaves a cell unassigned (methods.tsv's rejection_rule)
+    fit_cells: str = "train"  # the split's cells it is fitted on
 
     def row(self) -> dict[str, Any]:
-        """The method as a flat table row (methods.tsv)."""
-        return asdict(self)
+        """The method as a flat table row (methods.tsv; ``rejection`` as ``rejection_rule``)."""
+        row = asdict(self)
+        row["rejection_rule"] = row.pop("rejection")
+        return row
 
 
 def _baseline(name: str, description: str, family: str = "baseline", explains: str | None = None,
               at_scale: str = "as at any size") -> Method:
     return Method(name, family, "sclabel.baselines:BaselineAnnotator", "sklearn", f"baseline.{name}", description,
-                  explains=explains, at_scale=at_scale)
+                  explains=explains, at_scale=at_scale,
+                  rejection=NEVER_ABSTAINS if family == "control" else THRESHOLD_REJECTION)
 
 
 def _embedding_baseline(name: str, description: str, at_scale: str) -> Method:
@@ -76,7 +88,8 @@ def _neural(pretrain: str | None, encoder: str) -> Method:
     return Method(name, "neural", "sclabel.model:CellTypeAnnotator", "torch", "finetune",
                   f"{ENCODER_TEXT[encoder]}, {PRETRAINING_TEXT[pretrain]}", threads="finetune.threads", gpu=True,
                   pretrain=pretrain, encoder=encoder, explains=explains,
-                  at_scale="streams mini-batches from the cell store (store.buffer_cells rows in memory)")
+                  at_scale="streams mini-batches from the cell store (store.buffer_cells rows in memory)",
+                  package="torch")
 
 
 PCA_SCALE = "PCA fitted on a stratified sample of baseline.<method>.pca_max_cells cells"
@@ -101,17 +114,25 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     *[_neural(pretrain, encoder) for pretrain in (None, *PRETRAINING) for encoder in ENCODERS
       if not (pretrain == "masked_bins" and encoder == "mlp")],
     Method("celltypist", "peer", "sclabel.peers:CelltypistAnnotator", "celltypist", "peers.celltypist",
-           "CellTypist 1.7.1, logistic regression on scaled log expression", threads="peers.threads",
+           "CellTypist 1.7.1 at its defaults, logistic regression (one-vs-rest, its own solver choice) on scaled log "
+           "expression", threads="peers.threads",
            at_scale="CellTypist's large-data mode (mini-batch SGD, no centring) above "
-                    "peers.celltypist.large_data_cells"),
+                    "peers.celltypist.large_data_cells", package="celltypist",
+           rejection="CellTypist's probability (expit of its score) of every class at or below peers.celltypist."
+                     "p_thres (0.5), its 'prob match' rule"),
     Method("singler", "peer", "sclabel.peers:SinglerAnnotator", "singler", "peers.singler",
-           "SingleR (BiocPy singler 0.5.0), Spearman correlation to the reference cells over pairwise marker genes",
-           threads="peers.threads",
-           at_scale="reference aggregated per type (scranpy) above peers.singler.aggregate_cells training cells"),
+           "SingleR (BiocPy singler 0.5.0) at its defaults, Spearman correlation to the reference cells over pairwise "
+           "marker genes, fine-tuned", threads="peers.threads",
+           at_scale="reference aggregated per type (scranpy) above peers.singler.aggregate_cells training cells",
+           package="singler",
+           rejection="pruned by SingleR's pruneScores: delta from the median below peers.singler.min_diff_med (0) "
+                     "or more than peers.singler.nmads (3) MADs below its label's median delta"),
     Method("consensus", "ensemble", "sclabel.consensus:ConsensusAnnotator", "sklearn", "consensus",
            "consensus of the benchmarked methods: probabilities weighted per class by each member's validation "
            "F1^alpha (CAWPE), members' agreement as rejection score (popV)",
-           at_scale="combines the members' prediction tables"),
+           at_scale="combines the members' prediction tables", package="numpy",
+           rejection="share of members whose own call (not abstained) differs from the consensus above the "
+                     "threshold that leaves at most abstention.known_rate (5%) of validation cells unassigned"),
 ]}
 
 
@@ -146,10 +167,29 @@ def method_rows(names_: list[str], config: dict[str, Any]) -> list[dict[str, Any
             for name in names_]
 
 
+def pinned_version(package: str, env_file: Path) -> str | None:
+    """The version an env file pins ``package`` to (``- package=1.2`` or pip's ``- package==1.2``), None if not."""
+    pin = re.search(rf"^\s*-\s*{re.escape(package)}\s*==?\s*([^\s#]+)", env_file.read_text(),
+                    re.MULTILINE | re.IGNORECASE)
+    return pin.group(1) if pin else None
+
+
+def package_version(method: Method, envs: Path) -> str:
+    """The installed version of the method's package; where it is not installed here, the version its env file pins,
+    followed by that file's name (``absent`` when neither)."""
+    try:
+        return metadata.version(method.package)
+    except metadata.PackageNotFoundError:
+        env_file = envs / f"{method.env}.yaml"
+        pinned = pinned_version(method.package, env_file)
+        return f"{pinned} (envs/{env_file.name})" if pinned else "absent"
+
+
 def markdown_table() -> str:
-    """The README's methods table: every registered method, its family, what it is and how it runs at scale."""
-    lines = ["| method | family | what it is | env |", "|---|---|---|---|"]
-    lines += [f"| `{m.name}` | {m.family} | {m.description} | `envs/{m.env}.yaml` |" for m in METHODS.values()]
+    """The README's methods table: every registered method, its family, what it is, its env, when it abstains."""
+    lines = ["| method | family | what it is | env | abstains when |", "|---|---|---|---|---|"]
+    lines += [f"| `{m.name}` | {m.family} | {m.description} | `envs/{m.env}.yaml` | {m.rejection} |"
+              for m in METHODS.values()]
     return "\n".join(lines)
 
 

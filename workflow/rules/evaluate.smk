@@ -37,6 +37,7 @@ rule methods_table:
         ),
     params:
         rows=registry.method_rows(METHODS, config),
+        envs=f"{workflow.basedir}/envs",
     log:
         "results/logs/methods_table.log",
     benchmark:
