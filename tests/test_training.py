@@ -69,7 +69,8 @@ def test_annotated_query_has_predictions_confidence_and_embedding(symphony_annot
     confidence = query.obs["prediction_confidence"]
     assert confidence.between(0, 1).all()
     predicted = query.obs["predicted_cell_type"].astype(str)
-    assert (predicted[confidence < 0.5] == "unassigned").all() and (predicted[confidence >= 0.5] != "unassigned").all()
+    rejected = query.obs["rejection_score"] > 1 - 0.5  # the mlp's own score (finetune.rejection), not 1 - confidence
+    assert (predicted[rejected] == "unassigned").all() and (predicted[~rejected] != "unassigned").all()
     # a PBMC sample: T cells and monocytes are the commonest predictions, as in the reference
     top = predicted[predicted != "unassigned"].value_counts().index[:3].tolist()
     assert {"T_CD4", "Mono_CD14"} & set(top)
@@ -105,8 +106,8 @@ def test_majority_voting_adds_clusters_and_their_majority_beside_the_per_cell_la
     snakemake(workdir, write_config(tmp_path, config), "annotate")
     obs = ad.read_h5ad(workdir / "results/annotate/donorA.h5ad").obs
     predicted, voted = obs["predicted_cell_type"].astype(str), obs["majority_voting"].astype(str)
-    # the per-cell labels are kept as without voting: unassigned exactly below the threshold
-    assert (predicted[obs["prediction_confidence"] < 0.5] == "unassigned").all()
+    # the per-cell labels are kept as without voting: unassigned exactly where the rejection score passes the threshold
+    assert (predicted[obs["rejection_score"] > 1 - 0.5] == "unassigned").all()
     # every cluster carries one voted label, its commonest per-cell prediction
     frame = pd.DataFrame({"cluster": obs["over_clustering"].astype(str), "predicted": predicted, "voted": voted})
     assert frame["cluster"].nunique() > 9
