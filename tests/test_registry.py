@@ -114,7 +114,8 @@ def test_neural_model_loads_through_the_registry_with_identical_probabilities(sa
     assert isinstance(loaded, CellTypeAnnotator) and loaded.method == "mlp"
     assert loaded.classes.tolist() == ["B", "T"] and loaded.genes == model.genes
     np.testing.assert_allclose(loaded.predict_proba(X), model.predict_proba(X), rtol=1e-6)
-    np.testing.assert_allclose(loaded.rejection_score(X), 1 - model.predict_proba(X).max(axis=1), rtol=1e-6)
+    np.testing.assert_allclose(loaded.rejection_score(X, "max_softmax"), 1 - model.predict_proba(X).max(axis=1),
+                               rtol=1e-6)
     assert not list(folder.glob("*.pkl"))
 
 

@@ -95,7 +95,8 @@ class Annotator(ABC):
         """Class probabilities [cells, classes] of gene-aligned cells, columns in ``self.classes`` order."""
 
     def rejection_score(self, X: Any) -> np.ndarray:
-        """How unlike every known class each cell is, in [0, 1] (default: 1 - highest class probability)."""
+        """How unlike every known class each cell is, higher = more likely novel (default: 1 - highest class
+        probability; neural methods: ``finetune.rejection``)."""
         return 1.0 - self.predict_proba(X).max(axis=1)
 
     def own_abstention(self, rejection: np.ndarray, predicted: np.ndarray) -> np.ndarray | None:

@@ -13,11 +13,15 @@ from torch import nn
 
 from sclabel.annotator import UNASSIGNED, Annotator, LabelledCells
 from sclabel.errors import InputError
+from sclabel.nn import novelty
 from sclabel.nn.encoders import Matrix, build_encoder, pick_device, predict_batches, seed_everything
 from sclabel.nn.finetune import ClassifierHead, FinetuneSettings, fit_classifier
-from sclabel.store import DEFAULT_BUFFER_CELLS
+from sclabel.store import DEFAULT_BUFFER_CELLS, take_rows
 
 MODEL_FILES = ("model.json", "weights.pt", "labels.txt")
+REFERENCE_FILE = "reference.npz"
+REFERENCE_CELLS = 20_000  # default cap on the training cells whose embeddings the distance scores compare to
+NEIGHBOURS = 10  # default k of knn_distance
 
 
 def _read_lines(path: Path) -> list[str]:
@@ -26,7 +30,11 @@ def _read_lines(path: Path) -> list[str]:
 
 
 class CellTypeAnnotator(Annotator):
-    """Cell-type classifier over a fixed gene list: encoder (mlp or transformer) + scBalance-style head."""
+    """Cell-type classifier over a fixed gene list: encoder (mlp or transformer) + scBalance-style head.
+
+    Training also fits a softmax temperature on the validation cells and keeps a class-balanced sample of the
+    training cells' embeddings (the reference of the distance-based rejection scores).
+    """
 
     version_bound = ("torch",)
 
@@ -49,12 +57,22 @@ class CellTypeAnnotator(Annotator):
         self.training: dict = {}
         self.inference_batch_size = inference_batch_size  # cells per forward pass; None: fine-tuning batch size
         self._build()
+        if self.rejection not in novelty.REJECTIONS:
+            raise ValueError(f"finetune.rejection {self.rejection!r} is not one of {', '.join(novelty.REJECTIONS)}")
 
     def _build(self) -> None:
-        """(Re)create freshly initialised encoder and head modules, in eval mode."""
+        """(Re)create freshly initialised encoder and head modules (eval mode), uncalibrated, without reference."""
         self.encoder = build_encoder(self.encoder_kind, len(self.genes), self.encoder_hparams)
         self.head = ClassifierHead(self.encoder.out_dim, len(self.labels), **self.head_hparams)
         self.network.eval()
+        self.temperature = 1.0
+        self.reference = np.zeros((0, self.encoder.out_dim), dtype=np.float32)  # unit-length training embeddings
+        self.reference_codes = np.zeros(0, dtype=np.int64)  # their class codes
+
+    @property
+    def rejection(self) -> str:
+        """The rejection score ``rejection_score`` gives by default (``finetune.rejection``)."""
+        return self.settings.get("rejection", novelty.DEFAULT_REJECTION)
 
     @property
     def network(self) -> nn.Sequential:
@@ -113,12 +131,52 @@ class CellTypeAnnotator(Annotator):
                                  on_epoch_end, buffer_cells)
         self.training = {"settings": asdict(settings), "seed": seed, "history": history}
         self.seed = seed
+        self.calibrate(X_val, y_val)
+        self.fit_reference(X_train, y_train, self.settings.get("rejection_reference_cells", REFERENCE_CELLS), seed)
         return history
+
+    def calibrate(self, X_val: Matrix, y_val: Sequence[str]) -> float:
+        """Fit the softmax temperature on validation cells (lowest NLL, see ``novelty.fit_temperature``); returns it."""
+        logits, codes = self.logits(X_val), self.encode_labels(y_val)
+        self.temperature = novelty.fit_temperature(logits, codes)
+        self.training["calibration"] = {"temperature": self.temperature, "val_nll": novelty.nll(logits, codes, 1.0),
+                                        "val_nll_calibrated": novelty.nll(logits, codes, self.temperature)}
+        return self.temperature
+
+    def fit_reference(self, X_train: Matrix, y_train: Sequence[str], max_cells: int, seed: int) -> None:
+        """Keep the unit-length embeddings of a seeded class-balanced sample of at most ``max_cells`` training cells."""
+        codes = self.encode_labels(y_train)
+        rows = novelty.balanced_sample(codes, max_cells, seed)
+        self.reference = novelty.l2_normalised(self.embed(take_rows(X_train, rows)))
+        self.reference_codes = codes[rows]
+
+    def logits(self, X: Matrix) -> np.ndarray:
+        """Class logits [cells, labels] (before the temperature)."""
+        self._check_genes(X)
+        return predict_batches(self.network, X, self._batch_size())
 
     def predict_proba(self, X: Matrix) -> np.ndarray:
         """Class probabilities [cells, labels] for gene-aligned log1p CP10k expression."""
-        self._check_genes(X)
-        return torch.softmax(torch.from_numpy(predict_batches(self.network, X, self._batch_size())), dim=1).numpy()
+        return novelty.softmax(self.logits(X), self.temperature)
+
+    def rejection_score(self, X: Matrix, kind: str | None = None) -> np.ndarray:
+        """How unlike the training cells each cell is, higher = more novel (``kind``: one of ``novelty.REJECTIONS``,
+        default ``finetune.rejection``): 1 - calibrated top probability, energy, or the cosine distance to the k
+        nearest reference cells or to the nearest class centroid in the embedding."""
+        kind = kind or self.rejection
+        if kind == "max_softmax":
+            return 1.0 - self.predict_proba(X).max(axis=1)
+        if kind == "energy":
+            return novelty.energy(self.logits(X), self.temperature)
+        if kind not in novelty.REJECTIONS:
+            raise ValueError(f"rejection {kind!r} is not one of {', '.join(novelty.REJECTIONS)}")
+        if not len(self.reference):
+            raise ValueError(f"{kind} needs the training cells' reference embeddings: train the model (or load one "
+                             f"saved with {REFERENCE_FILE})")
+        if kind == "knn_distance":
+            return novelty.knn_distance(self.embed(X), self.reference, self.settings.get("rejection_k", NEIGHBOURS))
+        return novelty.centroid_distance(
+            self.embed(X), novelty.class_centroids(self.reference, self.reference_codes, len(self.labels)))
 
     def predict(self, X: Matrix, threshold: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
         """Most probable label per cell ("unassigned" when its probability < ``threshold``) and that probability."""
@@ -134,20 +192,27 @@ class CellTypeAnnotator(Annotator):
         return predict_batches(self.encoder, X, self._batch_size())
 
     def save_arrays(self, folder: Path) -> dict:
-        """weights.pt (weights only), labels.txt and model.json (architecture, preprocessing, training record)."""
+        """weights.pt (weights only), reference.npz (reference embeddings and their class codes), labels.txt and
+        model.json (architecture, preprocessing, training record); the temperature goes into the manifest."""
         meta = {"encoder_kind": self.encoder_kind, "encoder_hparams": self.encoder.hparams,
                 "head_hparams": self.head.hparams, "preprocessing": self.preprocessing, "config": self.config,
                 "training": self.training, "inference_batch_size": self._batch_size()}
         torch.save({"encoder": self.encoder.state_dict(), "head": self.head.state_dict()}, folder / "weights.pt")
         (folder / "labels.txt").write_text("\n".join(self.labels) + "\n")
         (folder / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
-        return {}
+        np.savez(folder / REFERENCE_FILE, embeddings=self.reference, codes=self.reference_codes)
+        return {"temperature": self.temperature}
 
     def load_arrays(self, folder: Path, meta: dict) -> None:
-        """The weights written by ``save_arrays`` (the architecture is rebuilt by ``from_saved``)."""
+        """The weights, temperature and reference written by ``save_arrays`` (the architecture is rebuilt by
+        ``from_saved``; a model saved before calibration loads with temperature 1 and no reference)."""
         weights = torch.load(folder / "weights.pt", map_location="cpu", weights_only=True)
         self.encoder.load_state_dict(weights["encoder"])
         self.head.load_state_dict(weights["head"])
+        self.temperature = float(meta.get("temperature", 1.0))
+        if (folder / REFERENCE_FILE).is_file():
+            with np.load(folder / REFERENCE_FILE, allow_pickle=False) as reference:
+                self.reference, self.reference_codes = reference["embeddings"], reference["codes"]
 
     @classmethod
     def from_saved(cls, folder: Path, manifest: dict) -> CellTypeAnnotator:
@@ -159,7 +224,7 @@ class CellTypeAnnotator(Annotator):
         model = cls(_read_lines(folder / "genes.txt"), _read_lines(folder / "labels.txt"), meta["encoder_kind"],
                     meta["encoder_hparams"], meta["head_hparams"], meta["preprocessing"], meta["config"],
                     meta.get("inference_batch_size"))
-        model.load_arrays(folder, {})
+        model.load_arrays(folder, manifest["meta"])
         model.training = meta["training"]
         model.seed = manifest["seed"]
         model.rejection_threshold = manifest.get("rejection_threshold")
