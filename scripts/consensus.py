@@ -5,7 +5,7 @@ from sclabel.runner import run_step
 
 
 def main(sm) -> None:
-    consensus_stage(sm.input.validation, sm.input.models, sm.params.settings, sm.params.known_abstention,
+    consensus_stage(sm.input.validation, sm.params.models, sm.params.settings, sm.params.known_abstention,
                     sm.output.model, sm.input.get("predictions", []), sm.output.get("predictions"))
 
 

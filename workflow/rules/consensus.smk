@@ -1,6 +1,7 @@
 # The consensus of the benchmarked methods (sclabel.consensus): weighted per class by each member's F1 on the
 # split's validation cells, which no member was fitted on; it combines the members' prediction tables, so it needs
-# none of their envs.
+# none of their envs. The members' model folders (written by the jobs that wrote their predictions) are recorded,
+# not inputs: a rerun that rewrites a folder with the same model must not rerun the consensus.
 CONSENSUS_PARAMS = {
     "settings": config["consensus"],
     "known_abstention": config["abstention"]["known_rate"],
@@ -22,7 +23,6 @@ rule consensus:
     input:
         validation=consensus_inputs("validation"),
         predictions=consensus_inputs("predictions"),
-        models=consensus_inputs("models"),
     output:
         model=directory("results/models/consensus/{split}"),
         predictions="results/predictions/consensus/{split}.tsv",
@@ -30,6 +30,7 @@ rule consensus:
         split=r"cv[0-9]+|lodo_[A-Za-z0-9_-]+",
     params:
         **CONSENSUS_PARAMS,
+        models=consensus_inputs("models"),
     log:
         "results/logs/consensus/{split}.log",
     benchmark:
@@ -43,11 +44,11 @@ rule consensus:
 rule consensus_final:
     input:
         validation=consensus_inputs("validation"),
-        models=consensus_inputs("models"),
     output:
         model=directory("results/models/consensus/final"),
     params:
         **CONSENSUS_PARAMS,
+        models=consensus_inputs("models"),
     log:
         "results/logs/consensus/final.log",
     benchmark:
