@@ -76,11 +76,13 @@ def test_methods_table_rows_carry_the_configured_settings():
 
 def test_methods_table_rows_name_the_package_the_fitted_cells_and_the_rejection_rule():
     rows = {row["name"]: row for row in registry.method_rows(registry.names(), {})}
-    assert {row["package"] for row in rows.values()} == {"scikit-learn", "torch", "celltypist", "singler"}
+    assert {row["package"] for row in rows.values()} == {"scikit-learn", "torch", "celltypist", "singler", "numpy"}
     assert rows["mlp"]["package"] == "torch" and rows["celltypist"]["package"] == "celltypist"
-    assert all(row["fit_cells"] == "train" for row in rows.values())
+    assert all(row["fit_cells"] == "train" for name, row in rows.items() if name != "consensus")
+    assert "validation" in rows["consensus"]["fit_cells"]
     assert {rows[name]["rejection_rule"] for name in registry.names("control")} == {registry.NEVER_ABSTAINS}
-    assert rows["logreg"]["rejection_rule"] == rows["mlp"]["rejection_rule"] == registry.THRESHOLD_REJECTION
+    assert rows["logreg"]["rejection_rule"] == registry.THRESHOLD_REJECTION
+    assert rows["mlp"]["rejection_rule"].endswith(registry.THRESHOLD_REJECTION[16:])
     assert "p_thres" in rows["celltypist"]["rejection_rule"] and "pruneScores" in rows["singler"]["rejection_rule"]
     assert "rejection" not in rows["logreg"]
 

@@ -89,7 +89,8 @@ def _neural(pretrain: str | None, encoder: str) -> Method:
                   f"{ENCODER_TEXT[encoder]}, {PRETRAINING_TEXT[pretrain]}", threads="finetune.threads", gpu=True,
                   pretrain=pretrain, encoder=encoder, explains=explains,
                   at_scale="streams mini-batches from the cell store (store.buffer_cells rows in memory)",
-                  package="torch")
+                  package="torch", rejection=f"finetune.rejection score (default: cosine distance to the nearest "
+                                            f"class centroid in the embedding) {THRESHOLD_REJECTION[16:]}")
 
 
 PCA_SCALE = "PCA fitted on a stratified sample of baseline.<method>.pca_max_cells cells"
@@ -131,6 +132,7 @@ METHODS: dict[str, Method] = {m.name: m for m in [
            "consensus of the benchmarked methods: probabilities weighted per class by each member's validation "
            "F1^alpha (CAWPE), members' agreement as rejection score (popV)",
            at_scale="combines the members' prediction tables", package="numpy",
+           fit_cells="its members' predictions on the validation cells (members fit the training cells)",
            rejection="share of members whose own call (not abstained) differs from the consensus above the "
                      "threshold that leaves at most abstention.known_rate (5%) of validation cells unassigned"),
 ]}
