@@ -246,6 +246,13 @@ def validation_macro_f1(annotator: Annotator, cells: LabelledCells) -> float:
     return headline_scores(labels[known], predicted[known])["macro_f1"]
 
 
+def best_on_validation(scores: Mapping[Any, float]) -> Any:
+    """The candidate with the highest validation score; a tie goes to the one listed first (NaN never wins)."""
+    candidates = list(scores)
+    finite = [key for key in candidates if np.isfinite(scores[key])]
+    return max(finite, key=lambda key: scores[key]) if finite else candidates[0]
+
+
 def predicted_labels(classes: np.ndarray, probabilities: np.ndarray, abstained: np.ndarray) -> np.ndarray:
     """Most probable class per cell; ``unassigned`` where the method abstained."""
     labels = np.asarray(classes).astype(object)[probabilities.argmax(axis=1)]

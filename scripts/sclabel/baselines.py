@@ -84,7 +84,7 @@ from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.validation import check_is_fitted
 
 from sclabel import registry
-from sclabel.annotator import Annotator, LabelledCells, validation_macro_f1
+from sclabel.annotator import Annotator, LabelledCells, best_on_validation, validation_macro_f1
 from sclabel.errors import InputError
 from sclabel.ranking import coefficient_top_genes
 from sclabel.store import DEFAULT_CHUNK_CELLS, RowView, in_memory, row_chunks, take_rows
@@ -509,15 +509,15 @@ class BaselineAnnotator(Annotator):
             self.converged = self.fit_candidate(chosen, train)
             self.selection = None if len(candidates) == 1 else {GRID_SETTING: chosen[GRID_SETTING], "scores": {}}
             return self
-        best: tuple[float, BaseEstimator, np.ndarray, bool, float] | None = None
-        scores = {}
+        fitted, scores = {}, {}
         for settings in candidates:
             converged = self.fit_candidate(settings, train)
-            scores[str(settings[GRID_SETTING])] = score = validation_macro_f1(self, validation)
-            log.info("%s with %s: validation macro F1 %.4f", self.method, grid_label(settings), score)
-            if best is None or score > best[0]:
-                best = (score, self.model, self.classes, converged, settings[GRID_SETTING])
-        _, self.model, self.classes, self.converged, value = best
+            value = settings[GRID_SETTING]
+            fitted[value], scores[value] = (self.model, self.classes, converged), validation_macro_f1(self, validation)
+            log.info("%s with %s: validation macro F1 %.4f", self.method, grid_label(settings), scores[value])
+        value = best_on_validation(scores)  # candidates run from the smallest C: a tie keeps the smaller
+        self.model, self.classes, self.converged = fitted[value]
+        scores = {str(key): score for key, score in scores.items()}
         self.selection = {GRID_SETTING: value, "scores": scores}
         log.info("%s: chose %s=%s on %d validation cells (macro F1 by %s: %s)", self.method, GRID_SETTING, value,
                  len(validation.labels), GRID_SETTING, scores)

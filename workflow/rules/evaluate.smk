@@ -16,6 +16,11 @@ rule evaluate:
             caption="../report/paired.rst",
             category="Benchmark",
         ),
+        pretraining=report(
+            "results/benchmark/pretraining.tsv",
+            caption="../report/pretraining.rst",
+            category="Benchmark",
+        ),
     params:
         settings=config["evaluate"],
     log:
