@@ -21,9 +21,10 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 from sclabel import baselines
-from sclabel.annotator import MANIFEST, LabelledCells, load_annotator
+from sclabel.annotator import MANIFEST, LabelledCells, load_annotator, save_not_run
 from sclabel.baselines import BASELINES, EMBEDDING_BASELINES, BaselineAnnotator, build_baseline
 from sclabel.errors import InputError
+from sclabel.evaluation import selections_table
 from sclabel.store import RowView, row_chunks, take_rows
 
 CONTROLS = ("majority", "random")
@@ -440,9 +441,14 @@ def test_a_c_grid_keeps_the_c_with_the_best_validation_macro_f1_checked_by_hand(
     np.testing.assert_allclose(list(model.selection["scores"].values()), [scores[C] for C in grid])
     np.testing.assert_allclose(model.predict_proba(X_val), by_hand(best, X_train, y_train, X_val, y_val)[1]
                                .predict_proba(X_val), rtol=1e-6, atol=1e-9)
-    model.save(tmp_path / "logreg")
-    meta = json.loads((tmp_path / "logreg" / MANIFEST).read_text())["meta"]
+    model.save(tmp_path / "logreg" / "cv1")
+    meta = json.loads((tmp_path / "logreg" / "cv1" / MANIFEST).read_text())["meta"]
     assert meta["selection"]["C"] == best and meta["converged"] is True
+    save_not_run(tmp_path / "celltypist" / "cv1", "celltypist", "no reason")
+    table = selections_table([str(tmp_path / "logreg" / "cv1"), str(tmp_path / "celltypist" / "cv1")])
+    assert table.drop(columns="validation_macro_f1").to_dict("records") == [
+        {"method": "logreg", "split": "cv1", "setting": "C", "chosen": best, "converged": True}]
+    assert json.loads(table.loc[0, "validation_macro_f1"]) == pytest.approx({str(C): scores[C] for C in grid})
     without = BaselineAnnotator("logreg", {}, 0).fit(LabelledCells(X_train, y_train))
     np.testing.assert_allclose(without.predict_proba(X_val), by_hand(1.0, X_train, y_train, X_val, y_val)[1]
                                .predict_proba(X_val), rtol=1e-6, atol=1e-9)

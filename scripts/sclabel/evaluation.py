@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -11,8 +12,10 @@ import numpy as np
 import pandas as pd
 
 from sclabel import io, metrics, registry
+from sclabel.annotator import MANIFEST
 
 log = logging.getLogger("sclabel")
+SELECTION_COLUMNS = ["method", "split", "setting", "chosen", "validation_macro_f1", "converged"]
 
 
 def parse_prediction_path(path: str) -> tuple[str, str]:
@@ -84,3 +87,25 @@ def evaluate_stage(prediction_files: Sequence[str], class_counts_file: str, sett
         columns=["cell_type", "precision", "recall", "f1", "support", "method", "split"]), output_per_class)
     io.write_tsv(pd.concat(confusion_rows, ignore_index=True) if confusion_rows else pd.DataFrame(
         columns=["true", "predicted", "count", "method", "split"]), output_confusion)
+
+
+def selection_row(folder: Path) -> dict[str, Any] | None:
+    """What a saved model chose on its validation cells (``meta.selection``, or a neural model's
+    ``meta.config.selection``) and whether its solver converged; None for a model that records neither."""
+    manifest = json.loads((folder / MANIFEST).read_text())
+    meta = manifest.get("meta", {})
+    selection = meta.get("selection") or meta.get("config", {}).get("selection")
+    if selection is None and "converged" not in meta:
+        return None
+    setting = next((key for key in selection if key != "scores"), "") if selection else ""
+    return {"method": manifest["method"], "split": folder.name, "setting": setting,
+            "chosen": selection[setting] if selection else "",
+            "validation_macro_f1": json.dumps(selection["scores"], sort_keys=True) if selection else "",
+            "converged": meta.get("converged", "")}
+
+
+def selections_table(model_folders: Sequence[str]) -> pd.DataFrame:
+    """One ``selection_row`` per saved model (method, split) that has one; models that did not run are left out."""
+    rows = [selection_row(Path(folder)) for folder in model_folders
+            if "not_run" not in json.loads((Path(folder) / MANIFEST).read_text())]
+    return pd.DataFrame([row for row in rows if row], columns=SELECTION_COLUMNS)

@@ -50,3 +50,22 @@ rule methods_table:
         "../../envs/sklearn.yaml"
     script:
         "../../scripts/methods_table.py"
+
+
+rule selections:
+    input:
+        models=expand("results/models/{method}/{split}", method=METHODS, split=SPLITS),
+    output:
+        report(
+            "results/benchmark/selections.tsv",
+            caption="../report/selections.rst",
+            category="Benchmark",
+        ),
+    log:
+        "results/logs/selections.log",
+    benchmark:
+        "results/benchmarks/selections.tsv"
+    conda:
+        "../../envs/sklearn.yaml"
+    script:
+        "../../scripts/selections_table.py"
