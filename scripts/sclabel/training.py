@@ -161,7 +161,7 @@ def finetune_settings(settings: Mapping[str, Any]) -> FinetuneSettings:
 
 
 def imbalance_modes(settings: Mapping[str, Any]) -> list[str]:
-    """The loss modes to train: ``finetune.imbalance`` as a list (one is chosen on validation cells) or the one given."""
+    """The loss modes to train: ``finetune.imbalance`` as a list (one chosen on validation cells) or the one given."""
     modes = settings.get("imbalance", FinetuneSettings.imbalance)
     return list(modes) if isinstance(modes, list | tuple) else [modes]
 
