@@ -38,6 +38,7 @@ rule all:
     input:
         "results/benchmark/summary.tsv",
         "results/benchmark/methods.tsv",
+        "results/benchmark/selections.tsv",
         "results/report/kappa.png",
         "results/report/per_class_f1.png",
         expand("results/report/confusion/{method}.png", method=METHODS),

@@ -1,4 +1,4 @@
-"""Snakemake step: score all predictions into metrics.tsv, summary.tsv, per-class, confusion and paired tables."""
+"""Snakemake step: score all predictions into metrics, summary, per-class, confusion, paired and pretraining tables."""
 
 from sclabel.evaluation import evaluate_stage
 from sclabel.runner import run_step
@@ -6,7 +6,8 @@ from sclabel.runner import run_step
 
 def main(sm) -> None:
     evaluate_stage(list(sm.input.predictions), sm.input.class_counts, sm.params.settings, sm.output.metrics,
-                   sm.output.summary, sm.output.per_class, sm.output.confusion, sm.output.paired)
+                   sm.output.summary, sm.output.per_class, sm.output.confusion, sm.output.paired,
+                   sm.output.pretraining)
 
 
 run_step(snakemake, main)  # noqa: F821 (injected by Snakemake)

@@ -4,6 +4,7 @@ and their annotator (train + validation cells, skops save / load refusing other 
 from __future__ import annotations
 
 import json
+import warnings
 from collections import Counter
 
 import anndata as ad
@@ -20,10 +21,11 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 from sclabel import baselines
-from sclabel.annotator import MANIFEST, LabelledCells, load_annotator
+from sclabel.annotator import MANIFEST, LabelledCells, load_annotator, save_not_run
 from sclabel.baselines import BASELINES, EMBEDDING_BASELINES, BaselineAnnotator, build_baseline, penalty_arguments
 from sclabel.errors import InputError
-from sclabel.store import RowView, row_chunks, take_rows
+from sclabel.evaluation import selections_table
+from sclabel.store import row_chunks, take_rows
 
 CONTROLS = ("majority", "random")
 PCA_BASELINES = ("knn_pca", "rf_pca", "svm_pca")
@@ -365,8 +367,8 @@ def test_the_annotator_fits_on_training_cells_only_and_sets_its_threshold_on_val
     half = len(pbmc["y_train"]) // 2
     first = LabelledCells(take_rows(train, np.arange(half)), pbmc["y_train"][:half])
     second = LabelledCells(take_rows(train, np.arange(half, len(pbmc["y_train"]))), pbmc["y_train"][half:])
-    from_store = BaselineAnnotator("logreg", {}, 0).fit(first, second)
-    in_memory = BaselineAnnotator("logreg", {}, 0).fit(LabelledCells(pbmc["X_train"][:half], first.labels))
+    from_store = BaselineAnnotator("logreg", {"C": 1.0}, 0).fit(first, second)
+    in_memory = BaselineAnnotator("logreg", {"C": 1.0}, 0).fit(LabelledCells(pbmc["X_train"][:half], first.labels))
     expected = in_memory.predict_proba(pbmc["X_test"])  # the validation cells play no part in the fit
     np.testing.assert_allclose(from_store.predict_proba(test[np.arange(test.shape[0])]), expected, rtol=1e-6,
                                atol=1e-9)
@@ -423,3 +425,75 @@ def test_a_model_file_holding_an_unknown_type_is_refused_in_one_line(rare_classe
                        ) as error:
         load_annotator(folder)
     assert "\n" not in str(error.value)
+
+
+def separable(seed, n_per_class, spread):
+    """Sparse log expression of 3 types (one rare) around their own centres; ``spread`` blurs them."""
+    rng = np.random.default_rng(seed)
+    centres = np.random.default_rng(99).gamma(1.0, 1.0, size=(3, 40))
+    labels = np.repeat(np.array(["a", "b", "c"]), n_per_class)
+    means = centres[np.searchsorted(["a", "b", "c"], labels)] * rng.gamma(1 / spread, spread, size=(len(labels), 40))
+    return sp.csr_matrix(np.log1p(rng.poisson(means)).astype(np.float64)), labels
+
+
+def by_hand(C, X_train, y_train, X_val, y_val):
+    """(validation macro F1 over the validation cells' own types, the fitted pipeline) of logreg at ``C``."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import MaxAbsScaler
+
+    model = make_pipeline(MaxAbsScaler(), LogisticRegression(C=C, max_iter=1000, random_state=0)).fit(X_train, y_train)
+    return f1_score(y_val, model.predict(X_val), labels=np.unique(y_val), average="macro", zero_division=0), model
+
+
+def test_a_c_grid_keeps_the_c_with_the_best_validation_macro_f1_checked_by_hand(tmp_path):
+    (X_train, y_train), (X_val, y_val) = separable(0, [60, 60, 8], 1.0), separable(1, [30, 30, 6], 1.0)
+    grid = baselines.C_GRID  # the default; without validation cells: its middle value, 1.0
+    scores = {C: by_hand(C, X_train, y_train, X_val, y_val)[0] for C in grid}
+    best = max(grid, key=lambda C: (scores[C], -C))
+    assert best == 10.0 and scores[10.0] > scores[1.0] + 0.1  # validation clearly prefers another C than 1
+    genes = [f"g{i}" for i in range(X_train.shape[1])]
+    model = BaselineAnnotator("logreg", {}, 0, genes).fit(LabelledCells(X_train, y_train),
+                                                                    LabelledCells(X_val, y_val))
+    assert model.selection["C"] == best
+    np.testing.assert_allclose(list(model.selection["scores"].values()), [scores[C] for C in grid])
+    np.testing.assert_allclose(model.predict_proba(X_val), by_hand(best, X_train, y_train, X_val, y_val)[1]
+                               .predict_proba(X_val), rtol=1e-6, atol=1e-9)
+    model.save(tmp_path / "logreg" / "cv1")
+    meta = json.loads((tmp_path / "logreg" / "cv1" / MANIFEST).read_text())["meta"]
+    assert meta["selection"]["C"] == best and meta["converged"] is True
+    save_not_run(tmp_path / "celltypist" / "cv1", "celltypist", "no reason")
+    table = selections_table([str(tmp_path / "logreg" / "cv1"), str(tmp_path / "celltypist" / "cv1")])
+    assert table.drop(columns="validation_macro_f1").to_dict("records") == [
+        {"method": "logreg", "split": "cv1", "setting": "C", "chosen": best, "converged": True}]
+    assert json.loads(table.loc[0, "validation_macro_f1"]) == pytest.approx({str(C): scores[C] for C in grid})
+    without = BaselineAnnotator("logreg", {}, 0).fit(LabelledCells(X_train, y_train))
+    np.testing.assert_allclose(without.predict_proba(X_val), by_hand(1.0, X_train, y_train, X_val, y_val)[1]
+                               .predict_proba(X_val), rtol=1e-6, atol=1e-9)
+
+
+def test_a_validation_tie_goes_to_the_smaller_c():
+    (X_train, y_train), (X_val, y_val) = separable(0, [40, 40, 40], 0.05), separable(1, [10, 10, 10], 0.05)
+    assert all(by_hand(C, X_train, y_train, X_val, y_val)[0] == 1.0 for C in (1.0, 10.0, 100.0))
+    model = BaselineAnnotator("logreg", {"C": [100, 10, 1]}, 0).fit(LabelledCells(X_train, y_train),
+                                                                   LabelledCells(X_val, y_val))
+    assert model.selection == {"C": 1.0, "scores": {"1.0": 1.0, "10.0": 1.0, "100.0": 1.0}}
+
+
+def test_a_solver_that_did_not_converge_is_recorded(rare_classes, tmp_path, caplog):
+    X_train, y_train, _ = rare_classes
+    with pytest.warns(UserWarning, match="passes through"):
+        _, converged = baselines.fit_recording_convergence(lambda: warnings.warn("passes through") or None)
+    assert converged
+    model = BaselineAnnotator("logreg_l1", {"max_iter": 1, "C": 1.0}, 0, [f"g{i}" for i in range(30)])
+    with caplog.at_level("WARNING", logger="sclabel"):
+        model.fit(LabelledCells(X_train, y_train))
+    assert not model.converged and "did not converge" in caplog.text
+    model.save(tmp_path / "l1")
+    assert json.loads((tmp_path / "l1" / MANIFEST).read_text())["meta"]["converged"] is False
+    assert BaselineAnnotator("logreg_l1", {"C": 1.0}, 0).fit(LabelledCells(X_train, y_train)).converged
+
+
+def test_a_c_grid_that_is_not_positive_numbers_is_a_one_line_input_error(rare_classes):
+    X_train, y_train, X_test = rare_classes
+    with pytest.raises(InputError, match=r"baseline\.logreg\.C: .* is not a list of positive numbers"):
+        fit_predict("logreg", {"C": [1, -1]}, X_train, y_train, X_test, seed=0)

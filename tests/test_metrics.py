@@ -265,6 +265,39 @@ def test_paired_comparison_with_the_best_peer_and_its_sign_test():
     assert singler["sign_test_p"] == pytest.approx(binomtest(1, 5).pvalue)
 
 
+def test_the_pretraining_effect_pairs_each_pretrained_method_with_its_encoder_alone():
+    rng = np.random.default_rng(5)
+    splits = {"cv": [f"cv{i}" for i in range(1, 6)], "lodo": ["lodo_a", "lodo_b", "lodo_c"]}
+    ran = {"cv": ["logreg", "mlp", "kmeans+mlp", "celltypist"],  # no transformer counterpart in cv
+           "lodo": ["mlp", "kmeans+mlp", "transformer", "masked_bins+transformer", "kmeans+transformer"]}
+    long = pd.DataFrame([{"method": method, "split": split, "scheme": scheme, "metric": metric,
+                          "value": rng.uniform(0.5, 0.95)}
+                         for scheme, methods in ran.items() for method in methods for split in splits[scheme]
+                         for metric in ("known_kappa", "known_macro_f1", "known_accuracy")])
+    long = long.drop(long.index[(long["method"] == "mlp") & (long["split"] == "cv3")])  # mlp did not run on cv3
+    long.loc[(long["method"] == "kmeans+mlp") & (long["split"] == "lodo_a"), "value"] = (
+        long.loc[(long["method"] == "mlp") & (long["split"] == "lodo_a"), "value"].to_numpy())  # a tie
+    effect = evaluation.pretraining_effect(long)
+    assert list(effect.columns) == metrics.EFFECT_COLUMNS
+    assert sorted(map(tuple, effect[["scheme", "method", "counterpart"]].drop_duplicates().values.tolist())) == [
+        ("cv", "kmeans+mlp", "mlp"), ("lodo", "kmeans+mlp", "mlp"), ("lodo", "kmeans+transformer", "transformer"),
+        ("lodo", "masked_bins+transformer", "transformer")]
+    assert set(effect["metric"]) == {"known_kappa", "known_macro_f1"}
+    for row in effect.itertuples():
+        wide = long[(long["scheme"] == row.scheme) & (long["metric"] == row.metric)].pivot(
+            index="split", columns="method", values="value")
+        difference = (wide[row.method] - wide[row.counterpart]).dropna().to_numpy()
+        wins, losses = int((difference > 1e-12).sum()), int((difference < -1e-12).sum())
+        assert row.n_splits == len(difference) == (4 if row.scheme == "cv" else 3)
+        assert row.mean_difference == pytest.approx(np.mean(difference))
+        assert row.sd_difference == pytest.approx(np.std(difference, ddof=1))
+        assert (row.wins, row.losses, row.ties) == (wins, losses, len(difference) - wins - losses)
+        assert row.sign_test_p == pytest.approx(binomtest(wins, wins + losses).pvalue)
+    tied = effect[(effect["method"] == "kmeans+mlp") & (effect["scheme"] == "lodo")]
+    assert (tied["ties"] == 1).all()
+    assert evaluation.pretraining_effect(long[long["method"] != "mlp"]).query("counterpart == 'mlp'").empty
+
+
 def test_no_paired_rows_without_a_peer():
     long = pd.DataFrame({"method": ["mlp"], "split": ["cv1"], "scheme": ["cv"], "metric": ["known_kappa"],
                          "value": [0.9]})

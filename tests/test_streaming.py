@@ -132,14 +132,14 @@ def test_predictions_written_in_parts_equal_one_table(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["none.tsv", "parts.tsv", "whole.tsv"]
 
 
-def _finetune_stage(symphony, workdir: Path, store: dict) -> pd.DataFrame:
+def _finetune_stage(symphony, workdir: Path, store: dict, **extra) -> pd.DataFrame:
     """The workflow's fine-tuning stage on the store's cells; returns its predictions table."""
     adata, roles = symphony["adata"], np.full(symphony["adata"].n_obs, splits.TRAIN, dtype=object)
     roles[symphony["val"]], roles[symphony["test"]] = splits.VAL, splits.TEST
     table = pd.DataFrame({"cv0": roles}, index=pd.Index(adata.obs_names, name="cell_id"))
     io.write_tsv(table.sample(frac=1, random_state=0), workdir / "splits.tsv", index=True)  # not in store order
     settings = {"epochs": 2, "batch_size": 64, "patience": 5, "head_hidden_dims": [32], "dropout": 0.5,
-                "seed": 0, "device": "cpu"}
+                "seed": 0, "device": "cpu", **extra}
     training.finetune_stage("mlp", {}, settings, {"normalisation": "log1p_cp10k"}, str(symphony["path"]),
                             str(workdir / "splits.tsv"), "cv0", None, str(workdir / "checkpoints"),
                             str(workdir / "model"), str(workdir / "pred.tsv"), store)
@@ -155,6 +155,26 @@ def test_finetune_stage_predicts_the_test_cells_alike_for_any_chunking(symphony,
     # up to float rounding of differently sized batches, scaled by 1 / the fitted temperature (about 5 here)
     pd.testing.assert_frame_equal(small, large, check_exact=False, rtol=1e-5, atol=1e-7)
     assert not (tmp_path / "small" / "checkpoints").exists()
+
+
+def test_a_list_of_loss_modes_keeps_the_one_with_the_best_validation_macro_f1(symphony, tmp_path):
+    from sklearn.metrics import f1_score
+
+    store, modes = {"chunk_cells": 10_000, "buffer_cells": 32_768}, ["sampler", "none"]
+    chosen = _finetune_stage(symphony, tmp_path / "both", store, imbalance=modes)
+    selection = load_annotator(tmp_path / "both" / "model").config["selection"]
+    val = symphony["adata"][symphony["val"]]
+    truth = val.obs["cell_type"].astype(str).to_numpy()
+    by_hand, alone = {}, {}
+    for mode in modes:
+        alone[mode] = _finetune_stage(symphony, tmp_path / mode, store, imbalance=mode)
+        model = load_annotator(tmp_path / mode / "model")
+        predicted = model.classes[model.predict_proba(val.X).argmax(axis=1)]
+        by_hand[mode] = f1_score(truth, predicted, labels=np.unique(truth), average="macro", zero_division=0)
+    assert selection["scores"] == pytest.approx(by_hand)
+    best = max(modes, key=lambda mode: (by_hand[mode], -modes.index(mode)))
+    assert selection["imbalance"] == best
+    pd.testing.assert_frame_equal(chosen, alone[best])
 
 
 def test_embedding_baseline_on_the_split_cells_in_chunks_matches_the_whole_matrix_path(symphony, tmp_path):

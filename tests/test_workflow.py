@@ -98,6 +98,7 @@ def test_nothing_to_do_after_a_complete_run(default_run):
 
 
 REPORT = {"evaluate": 1, "report_figures": 1, "all": 1}
+SELECTIONS = {"selections": 1}  # selections.tsv gathers what every retrained model chose on validation cells
 METHODS_TABLE = {"methods_table": 1}  # methods.tsv lists each method's configured settings
 NEURAL_ALL = {"pretrain": 6, "finetune": 10, "train_final": 2}
 BASELINE_ALL = {"baseline": 5, "baseline_final": 1}  # the final logreg model is the one top_genes ranks
@@ -106,14 +107,18 @@ BASELINE_ALL = {"baseline": 5, "baseline_final": 1}  # the final logreg model is
 @pytest.mark.parametrize(
     ("block", "key", "value", "expected"),
     [
-        ("baseline", "logreg", {"C": 0.5}, {**BASELINE_ALL, "top_genes": 1, **REPORT, **METHODS_TABLE}),
-        ("finetune", "lr", 0.002, {"finetune": 10, "train_final": 2, "top_genes": 2, **REPORT, **METHODS_TABLE}),
-        ("pretrain", "seed", 3, {"pretrain": 6, "finetune": 5, "train_final": 1, "top_genes": 1, **REPORT}),
+        ("baseline", "logreg", {"C": 0.5}, {**BASELINE_ALL, "top_genes": 1, **REPORT, **METHODS_TABLE,
+                                              **SELECTIONS}),
+        ("finetune", "lr", 0.002, {"finetune": 10, "train_final": 2, "top_genes": 2, **REPORT, **METHODS_TABLE,
+                                      **SELECTIONS}),
+        ("pretrain", "seed", 3, {"pretrain": 6, "finetune": 5, "train_final": 1, "top_genes": 1, **REPORT,
+                                  **SELECTIONS}),
         ("evaluate", "unassigned_threshold", 0.5, REPORT),
         # wilcoxon ranks the labelled cells of the combined data, whatever the split: 3 of the 4 rankings rerun
-        ("split", "seed", 1, {"split": 1, **BASELINE_ALL, **NEURAL_ALL, "top_genes": 3, **REPORT}),
+        ("split", "seed", 1, {"split": 1, **BASELINE_ALL, **NEURAL_ALL, "top_genes": 3, **REPORT,
+                                 **SELECTIONS}),
         ("qc", "min_genes", 150, {"qc": 1, "harmonise": 1, "split": 1, **BASELINE_ALL, **NEURAL_ALL, "top_genes": 4,
-                                   **REPORT}),
+                                   **REPORT, **SELECTIONS}),
     ],
 )
 def test_changing_one_stage_reruns_it_and_what_follows_only(default_run, tmp_path, block, key, value, expected):

@@ -231,6 +231,32 @@ def save_not_run(folder: str | os.PathLike[str], method: str, reason: str) -> No
         (tmp / MANIFEST).write_text(json.dumps({"format": FORMAT, "method": method, "not_run": reason}) + "\n")
 
 
+def validation_macro_f1(annotator: Annotator, cells: LabelledCells) -> float:
+    """Macro F1 of the annotator's most probable class on the cells of its known types, over those cells' own types.
+
+    The one score every per-dataset choice made on validation cells uses (the linear baselines' ``C``, the neural
+    methods' loss mode): ``metrics.headline_scores``'s macro F1 without abstention.
+    """
+    from sclabel.metrics import headline_scores
+    from sclabel.store import row_chunks
+
+    labels = np.asarray(cells.labels).astype(str)
+    probabilities = np.vstack([annotator.predict_proba(chunk)
+                               for chunk in row_chunks(cells.X, annotator.context.chunk_cells)])
+    known = np.isin(labels, annotator.classes)
+    if not known.any():
+        return float("nan")
+    predicted = np.asarray(annotator.classes)[probabilities.argmax(axis=1)]
+    return headline_scores(labels[known], predicted[known])["macro_f1"]
+
+
+def best_on_validation(scores: Mapping[Any, float]) -> Any:
+    """The candidate with the highest validation score; a tie goes to the one listed first (NaN never wins)."""
+    candidates = list(scores)
+    finite = [key for key in candidates if np.isfinite(scores[key])]
+    return max(finite, key=lambda key: scores[key]) if finite else candidates[0]
+
+
 def predicted_labels(classes: np.ndarray, probabilities: np.ndarray, abstained: np.ndarray) -> np.ndarray:
     """Most probable class per cell; ``unassigned`` where the method abstained."""
     labels = np.asarray(classes).astype(object)[probabilities.argmax(axis=1)]

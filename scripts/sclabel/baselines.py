@@ -10,10 +10,10 @@ baselines' annotator, which also embeds cells with a pretrained encoder, is ``sc
 
 Registry (``BASELINES``; settings and defaults in brackets):
 
-* ``logreg`` [C=1.0, penalty=l2, max_iter=1000, class_weight=None, max_nnz=50,000,000, sgd_epochs=5] and
-  ``logreg_l1`` [the same without ``penalty``: always L1]: multinomial logistic regression on max-abs scaled log
-  expression, sparse throughout. L2 uses lbfgs, L1 uses saga (slower: a few seconds per thousand cells at
-  max_iter=1000). ``max_nnz`` and ``sgd_epochs``: see "At scale" below.
+* ``logreg`` [C=[0.1, 1, 10], penalty=l2, max_iter=1000, class_weight=None, max_nnz=50,000,000, sgd_epochs=5] and
+  ``logreg_l1`` [the same without ``penalty``: always L1, max_iter=5000]: multinomial logistic regression on max-abs
+  scaled log expression, sparse throughout. L2 uses lbfgs, L1 uses saga (slower: a few seconds per thousand cells).
+  ``max_nnz`` and ``sgd_epochs``: see "At scale" below; ``C``: see "Chosen on validation cells".
 * ``knn_pca`` [n_neighbors=15, n_components=50, pca_max_cells=20,000]: k nearest neighbours, distance-weighted votes.
 * ``rf_pca`` [n_estimators=200, max_features=sqrt, class_weight=None, max_cells=50,000, n_components=50,
   pca_max_cells=20,000]: random forest.
@@ -45,6 +45,14 @@ each threshold the fit is exactly the in-memory one above; above it:
   ``max_cells`` bound for RF and SVM.
 
 ``log`` records each fit's mode (``scale mode: ...``) in the job's log.
+
+Chosen on validation cells (``BaselineAnnotator.fit``). A ``C`` given as a list (the linear baselines' default, and
+``svm_*`` when configured so) is a grid: each value is fitted on the training cells, in the same mode (in memory or
+streamed SGD), and the one with the best ``annotator.validation_macro_f1`` on the validation cells is kept; a tie
+goes to the smaller ``C`` (stronger regularisation). Without validation cells the grid's middle value (the lower
+of the two middle ones) is used. A scalar ``C`` is fitted as given. The choice and every candidate's score are
+logged and saved in the model's ``annotator.json`` (``meta.selection``), as is ``meta.converged``: false when
+scikit-learn warned that the solver did not converge (``ConvergenceWarning``, also logged).
 """
 
 from __future__ import annotations
@@ -66,6 +74,7 @@ from sklearn.calibration import CalibratedClassifierCV
 from sklearn.decomposition import PCA
 from sklearn.dummy import DummyClassifier
 from sklearn.ensemble import RandomForestClassifier
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression, SGDClassifier
 from sklearn.model_selection import StratifiedKFold
 from sklearn.neighbors import KNeighborsClassifier
@@ -76,7 +85,7 @@ from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.validation import check_is_fitted
 
 from sclabel import registry
-from sclabel.annotator import Annotator, LabelledCells
+from sclabel.annotator import Annotator, LabelledCells, best_on_validation, validation_macro_f1
 from sclabel.errors import InputError
 from sclabel.ranking import coefficient_top_genes
 from sclabel.store import DEFAULT_CHUNK_CELLS, RowView, in_memory, row_chunks, take_rows
@@ -343,7 +352,8 @@ class Baseline:
 
 # max_nnz: above this many stored values in the training matrix, streamed SGD (about 33,000 cells of 1,500
 # non-zeros; the in-memory lbfgs fit peaks at ~36 bytes per stored value: 1.9 GB measured at 53M)
-LOGREG = {"C": 1.0, "max_iter": 1000, "class_weight": None, "max_nnz": 50_000_000, "sgd_epochs": 5}
+C_GRID = [0.1, 1.0, 10.0]  # the linear baselines' default C: chosen per split on validation cells
+LOGREG = {"C": C_GRID, "max_iter": 1000, "class_weight": None, "max_nnz": 50_000_000, "sgd_epochs": 5}
 KNN = {"n_neighbors": 15}
 RF = {"n_estimators": 200, "max_features": "sqrt", "class_weight": None, "max_cells": 50_000}
 SVM = {"C": 1.0, "kernel": "rbf", "class_weight": None, "n_folds": 5, "max_cells": 20_000}
@@ -359,7 +369,7 @@ def on_features(features: str, classifier: Callable[[Mapping[str, Any], int], Ba
 
 BASELINES: dict[str, Baseline] = {
     "logreg": Baseline({**LOGREG, "penalty": "l2"}, logistic_regression, fit_logistic_regression),
-    "logreg_l1": Baseline(LOGREG, partial(logistic_regression, penalty="l1"),
+    "logreg_l1": Baseline({**LOGREG, "max_iter": 5000}, partial(logistic_regression, penalty="l1"),
                           partial(fit_logistic_regression, penalty="l1")),
     "knn_pca": on_features("pca", knn, KNN),
     "rf_pca": on_features("pca", random_forest, RF),
@@ -385,16 +395,57 @@ def resolve_settings(name: str, settings: Mapping[str, Any] | None) -> dict[str,
     return {**defaults, **(settings or {})}
 
 
+GRID_SETTING = "C"  # the setting a list turns into a grid chosen on validation cells
+
+
+def settings_grid(name: str, settings: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One settings dict per value of a list-valued ``C``, smallest first; just ``settings`` otherwise."""
+    values = settings.get(GRID_SETTING)
+    if not isinstance(values, list | tuple):
+        return [dict(settings)]
+    if not values or not all(isinstance(v, int | float) and not isinstance(v, bool) and v > 0 for v in values):
+        raise InputError(CONFIG, f"baseline.{name}.{GRID_SETTING}", f"{values!r} is not a list of positive numbers",
+                         "give one positive number or a list of them, e.g. [0.1, 1, 10]")
+    return [{**settings, GRID_SETTING: float(value)} for value in sorted(set(values))]
+
+
+def without_validation(candidates: list[dict[str, Any]]) -> dict[str, Any]:
+    """The settings used when there is no validation cell to choose by: the grid's middle (lower middle) value."""
+    return candidates[(len(candidates) - 1) // 2]
+
+
+def grid_label(settings: Mapping[str, Any]) -> str:
+    """'C=1.0': the grid setting's value, for logs."""
+    return f"{GRID_SETTING}={settings.get(GRID_SETTING)}"
+
+
+def fit_recording_convergence(fit: Callable[[], BaseEstimator]) -> tuple[BaseEstimator, bool]:
+    """``fit()``'s estimator and whether it converged (no ``ConvergenceWarning``); other warnings pass through."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = fit()
+    converged = True
+    for warning in caught:
+        if issubclass(warning.category, ConvergenceWarning):
+            converged = False
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    return model, converged
+
+
 def build_baseline(name: str, settings: Mapping[str, Any] | None, seed: int) -> BaseEstimator:
-    """The unfitted estimator for baseline ``name``."""
-    resolved = resolve_settings(name, settings)
+    """The unfitted estimator for baseline ``name`` (a ``C`` grid's middle value: ``without_validation``)."""
+    resolved = without_validation(settings_grid(name, resolve_settings(name, settings)))
     return BASELINES[name].build(resolved, seed)
 
 
 def fit_baseline(name: str, settings: Mapping[str, Any] | None, X_train: Any, y_train: np.ndarray, seed: int,
                  chunk_cells: int = DEFAULT_CHUNK_CELLS) -> BaseEstimator:
-    """Baseline ``name`` fitted on the training cells (in memory or a store's ``RowView``), at scale when large."""
-    resolved = resolve_settings(name, settings)
+    """Baseline ``name`` fitted on the training cells (in memory or a store's ``RowView``), at scale when large.
+
+    A ``C`` grid is not searched here (``BaselineAnnotator.fit`` does, on validation cells): its middle value is used.
+    """
+    resolved = without_validation(settings_grid(name, resolve_settings(name, settings)))
     if name in EMBEDDING_BASELINES and (sp.issparse(X_train) or isinstance(X_train, RowView)):
         raise InputError("training data", "X", f"{name} takes a dense embedding, got a sparse matrix",
                          "pass the cells' embedding (cells x dimensions), or use the *_pca baseline on expression")
@@ -438,6 +489,8 @@ class BaselineAnnotator(Annotator):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.model: BaseEstimator | None = None
+        self.selection: dict[str, Any] | None = None  # the grid setting chosen on validation cells, with the scores
+        self.converged = True
 
     def estimator_settings(self) -> dict[str, Any]:
         """The settings of the estimator itself (``BASELINES[method].defaults`` keys)."""
@@ -447,11 +500,36 @@ class BaselineAnnotator(Annotator):
         """What the estimator is fitted on and predicts from: the cells' expression itself."""
         return X
 
-    def fit(self, train: LabelledCells, validation: LabelledCells | None = None) -> BaselineAnnotator:
-        self.model = fit_baseline(self.method, self.estimator_settings(), self.features(train.X),
-                                  np.asarray(train.labels), self.seed,
-                                  self.context.chunk_cells)
+    def fit_candidate(self, settings: Mapping[str, Any], train: LabelledCells) -> bool:
+        """Fit the estimator with ``settings`` on ``train`` into ``self.model``; whether the solver converged."""
+        self.model, converged = fit_recording_convergence(lambda: fit_baseline(
+            self.method, settings, self.features(train.X), np.asarray(train.labels), self.seed,
+            self.context.chunk_cells))
         self.classes = np.asarray(self.model.classes_).astype(str)
+        if not converged:
+            log.warning("%s (%s) did not converge: scikit-learn's ConvergenceWarning (raise max_iter)", self.method,
+                        grid_label(settings))
+        return converged
+
+    def fit(self, train: LabelledCells, validation: LabelledCells | None = None) -> BaselineAnnotator:
+        candidates = settings_grid(self.method, resolve_settings(self.method, self.estimator_settings()))
+        if len(candidates) == 1 or validation is None or not len(validation.labels):
+            chosen = without_validation(candidates)
+            self.converged = self.fit_candidate(chosen, train)
+            self.selection = None if len(candidates) == 1 else {GRID_SETTING: chosen[GRID_SETTING], "scores": {}}
+            return self
+        fitted, scores = {}, {}
+        for settings in candidates:
+            converged = self.fit_candidate(settings, train)
+            value = settings[GRID_SETTING]
+            fitted[value], scores[value] = (self.model, self.classes, converged), validation_macro_f1(self, validation)
+            log.info("%s with %s: validation macro F1 %.4f", self.method, grid_label(settings), scores[value])
+        value = best_on_validation(scores)  # candidates run from the smallest C: a tie keeps the smaller
+        self.model, self.classes, self.converged = fitted[value]
+        scores = {str(key): score for key, score in scores.items()}
+        self.selection = {GRID_SETTING: value, "scores": scores}
+        log.info("%s: chose %s=%s on %d validation cells (macro F1 by %s: %s)", self.method, GRID_SETTING, value,
+                 len(validation.labels), GRID_SETTING, scores)
         return self
 
     def predict_proba(self, X: Any) -> np.ndarray:
@@ -471,7 +549,8 @@ class BaselineAnnotator(Annotator):
 
     def save_arrays(self, folder: Path) -> dict[str, Any]:
         save_estimator(self.model, folder / MODEL_FILE)
-        return {"model": MODEL_FILE}
+        return {"model": MODEL_FILE, "selection": self.selection, "converged": self.converged}
 
     def load_arrays(self, folder: Path, meta: Mapping[str, Any]) -> None:
         self.model = load_estimator(folder / meta["model"])
+        self.selection, self.converged = meta.get("selection"), meta.get("converged", True)

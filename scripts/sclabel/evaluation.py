@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -11,8 +12,10 @@ import numpy as np
 import pandas as pd
 
 from sclabel import io, metrics, registry
+from sclabel.annotator import MANIFEST
 
 log = logging.getLogger("sclabel")
+SELECTION_COLUMNS = ["method", "split", "setting", "chosen", "validation_macro_f1", "converged"]
 
 
 def parse_prediction_path(path: str) -> tuple[str, str]:
@@ -32,11 +35,20 @@ def split_scheme(split: str) -> str:
     return "lodo" if split.startswith("lodo_") else "cv"
 
 
+def pretraining_effect(long: pd.DataFrame) -> pd.DataFrame:
+    """Each pretrained neural method against its counterpart without pretraining (same encoder), where both ran:
+    per scheme, the paired per-split differences in ``known_kappa`` and ``known_macro_f1`` (``metrics.paired_effects``).
+    """
+    ran = [name for name in registry.names("neural") if name in set(long["method"])]
+    return metrics.paired_effects(long, registry.pretraining_pairs(ran))
+
+
 def evaluate_stage(prediction_files: Sequence[str], class_counts_file: str, settings: Mapping[str, Any],
                    output_metrics: str, output_summary: str, output_per_class: str, output_confusion: str,
-                   output_paired: str) -> None:
-    """Score every method × split; write long metrics, mean ± sd summary, per-class scores, confusion counts and the
-    paired comparison with the best peer (``metrics.paired_against_best_peer`` on ``known_kappa``).
+                   output_paired: str, output_pretraining: str | None = None) -> None:
+    """Score every method × split; write long metrics, mean ± sd summary, per-class scores, confusion counts, the
+    paired comparison with the best peer (``metrics.paired_against_best_peer`` on ``known_kappa``) and the paired
+    pretraining effect (``pretraining_effect``).
 
     Per-class scores and confusion counts cover all test cells on the headline's truth (``metrics.scored_labels``).
     A prediction file holding the ``not_run`` record of a method that could not run is not scored; the summary
@@ -66,6 +78,8 @@ def evaluate_stage(prediction_files: Sequence[str], class_counts_file: str, sett
     io.write_tsv(long, output_metrics)
     long = long.assign(scheme=long["split"].map(split_scheme))
     io.write_tsv(metrics.paired_against_best_peer(long, registry.names("peer")), output_paired)
+    if output_pretraining:
+        io.write_tsv(pretraining_effect(long), output_pretraining)
     summary = metrics.summarise(long)
     not_run_table = pd.DataFrame(not_run, columns=["method", "split", "scheme", "reason"])
     io.write_tsv(metrics.add_not_run(summary, not_run_table), output_summary)
@@ -73,3 +87,25 @@ def evaluate_stage(prediction_files: Sequence[str], class_counts_file: str, sett
         columns=["cell_type", "precision", "recall", "f1", "support", "method", "split"]), output_per_class)
     io.write_tsv(pd.concat(confusion_rows, ignore_index=True) if confusion_rows else pd.DataFrame(
         columns=["true", "predicted", "count", "method", "split"]), output_confusion)
+
+
+def selection_row(folder: Path) -> dict[str, Any] | None:
+    """What a saved model chose on its validation cells (``meta.selection``, or a neural model's
+    ``meta.config.selection``) and whether its solver converged; None for a model that records neither."""
+    manifest = json.loads((folder / MANIFEST).read_text())
+    meta = manifest.get("meta", {})
+    selection = meta.get("selection") or meta.get("config", {}).get("selection")
+    if selection is None and "converged" not in meta:
+        return None
+    setting = next((key for key in selection if key != "scores"), "") if selection else ""
+    return {"method": manifest["method"], "split": folder.name, "setting": setting,
+            "chosen": selection[setting] if selection else "",
+            "validation_macro_f1": json.dumps(selection["scores"], sort_keys=True) if selection else "",
+            "converged": meta.get("converged", "")}
+
+
+def selections_table(model_folders: Sequence[str]) -> pd.DataFrame:
+    """One ``selection_row`` per saved model (method, split) that has one; models that did not run are left out."""
+    rows = [selection_row(Path(folder)) for folder in model_folders
+            if "not_run" not in json.loads((Path(folder) / MANIFEST).read_text())]
+    return pd.DataFrame([row for row in rows if row], columns=SELECTION_COLUMNS)

@@ -26,6 +26,7 @@ ABSTAINED = "abstained"
 HEADLINE_METRICS = ("known_accuracy", "known_kappa", "known_macro_f1", "known_abstention")
 PAIRED_COLUMNS = ["scheme", "method", "best_peer", "metric", "n_splits", "mean_difference", "sd_difference", "wins",
                   "losses", "ties", "sign_test_p"]
+EFFECT_COLUMNS = ["scheme", "method", "counterpart", *PAIRED_COLUMNS[3:]]
 
 
 def label_order(y_true: Sequence[str], y_pred: Sequence[str]) -> list[str]:
@@ -217,14 +218,29 @@ def benchmark_scores(table: pd.DataFrame, train_labels: Sequence[str], threshold
     } | ranking_scores(table[known])
 
 
+def paired_difference(method: pd.Series, reference: pd.Series) -> dict[str, float | int] | None:
+    """Per-split ``method - reference`` on the splits both have: mean, sd, wins, losses, ties and the sign-test p.
+
+    Ties (equal to 12 decimals) are left out of the two-sided sign test (``scipy.stats.binomtest``; p = 1 without
+    untied splits); the sd is 0 for one split. None when the two share no split.
+    """
+    difference = (method - reference).dropna()
+    if difference.empty:
+        return None
+    sign = np.sign(difference.round(12))
+    wins, losses = int((sign > 0).sum()), int((sign < 0).sum())
+    return {"n_splits": len(difference), "mean_difference": difference.mean(),
+            "sd_difference": difference.std() if len(difference) > 1 else 0.0, "wins": wins, "losses": losses,
+            "ties": len(difference) - wins - losses,
+            "sign_test_p": binomtest(wins, wins + losses).pvalue if wins + losses else 1.0}
+
+
 def paired_against_best_peer(long: pd.DataFrame, peers: Sequence[str], metric: str = "known_kappa") -> pd.DataFrame:
-    """Per scheme, every method's per-split difference in ``metric`` from the best peer, with a two-sided sign test.
+    """Per scheme, every method's per-split difference in ``metric`` from the best peer (``paired_difference``).
 
     ``long`` has columns method, split, scheme, metric, value. The best peer is the one of ``peers`` with the highest
     mean ``metric`` over the splits it ran on (the first in ``peers`` order on a tie); each other method is paired with
-    it on the splits both ran on. ``wins``/``losses`` count splits where the method is above/below the peer; ties are
-    left out of the sign test (``scipy.stats.binomtest``, p = 1 without untied splits). A scheme where no peer ran
-    has no rows.
+    it on the splits both ran on. A scheme where no peer ran has no rows.
     """
     rows = []
     for scheme, scores in long[long["metric"] == metric].groupby("scheme", sort=True):
@@ -234,14 +250,26 @@ def paired_against_best_peer(long: pd.DataFrame, peers: Sequence[str], metric: s
             continue
         best = max(ran, key=lambda peer: wide[peer].mean())
         for method in sorted(wide.columns.drop(best)):
-            difference = (wide[method] - wide[best]).dropna()
-            if difference.empty:
-                continue
-            sign = np.sign(difference.round(12))
-            wins, losses = int((sign > 0).sum()), int((sign < 0).sum())
-            rows.append({"scheme": scheme, "method": method, "best_peer": best, "metric": metric,
-                         "n_splits": len(difference), "mean_difference": difference.mean(),
-                         "sd_difference": difference.std() if len(difference) > 1 else 0.0, "wins": wins,
-                         "losses": losses, "ties": len(difference) - wins - losses,
-                         "sign_test_p": binomtest(wins, wins + losses).pvalue if wins + losses else 1.0})
+            paired = paired_difference(wide[method], wide[best])
+            if paired is not None:
+                rows.append({"scheme": scheme, "method": method, "best_peer": best, "metric": metric, **paired})
     return pd.DataFrame(rows, columns=PAIRED_COLUMNS)
+
+
+def paired_effects(long: pd.DataFrame, pairs: Sequence[tuple[str, str]],
+                   metrics: Sequence[str] = ("known_kappa", "known_macro_f1")) -> pd.DataFrame:
+    """Per scheme and metric, each (method, counterpart) pair's ``paired_difference`` (method minus counterpart).
+
+    ``long`` has columns method, split, scheme, metric, value; pairs where either method has no score on a scheme,
+    or the two share no split, have no row.
+    """
+    rows = []
+    for (scheme, metric), scores in long[long["metric"].isin(metrics)].groupby(["scheme", "metric"], sort=True):
+        wide = scores.pivot(index="split", columns="method", values="value")
+        for method, counterpart in pairs:
+            paired = (paired_difference(wide[method], wide[counterpart])
+                      if method in wide and counterpart in wide else None)
+            if paired is not None:
+                rows.append({"scheme": scheme, "method": method, "counterpart": counterpart, "metric": metric,
+                             **paired})
+    return pd.DataFrame(rows, columns=EFFECT_COLUMNS)

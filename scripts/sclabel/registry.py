@@ -154,6 +154,13 @@ def names(*families: str) -> list[str]:
     return [m.name for m in METHODS.values() if not families or m.family in families]
 
 
+def pretraining_pairs(names_: list[str]) -> list[tuple[str, str]]:
+    """(pretrained neural method, its counterpart without pretraining: same encoder) for both in ``names_``."""
+    plain = {get(name).encoder: name for name in names_ if get(name).family == "neural" and get(name).pretrain is None}
+    return [(name, plain[get(name).encoder]) for name in names_
+            if get(name).pretrain is not None and get(name).encoder in plain]
+
+
 def setting_value(config: dict[str, Any], dotted: str) -> Any:
     """The config value at a dotted key (None when absent)."""
     value: Any = config

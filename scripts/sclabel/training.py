@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 
 from sclabel import io, registry, splits
-from sclabel.annotator import LabelledCells
+from sclabel.annotator import LabelledCells, best_on_validation, validation_macro_f1
 from sclabel.errors import InputError
 from sclabel.model import CellTypeAnnotator
 from sclabel.nn.encoders import build_encoder, pick_device, seed_everything
@@ -160,6 +160,12 @@ def finetune_settings(settings: Mapping[str, Any]) -> FinetuneSettings:
     return FinetuneSettings(**{key: value for key, value in settings.items() if key in fields})
 
 
+def imbalance_modes(settings: Mapping[str, Any]) -> list[str]:
+    """The loss modes to train: ``finetune.imbalance`` as a list (one chosen on validation cells) or the one given."""
+    modes = settings.get("imbalance", FinetuneSettings.imbalance)
+    return list(modes) if isinstance(modes, list | tuple) else [modes]
+
+
 def finetune_stage(method: str, encoder_hparams: Mapping[str, Any], settings: Mapping[str, Any],
                    preprocessing: Mapping[str, Any], input_h5ad: str, splits_file: str, split: str,
                    pretrained: str | None, checkpoint_root: str, output_model: str,
@@ -167,6 +173,10 @@ def finetune_stage(method: str, encoder_hparams: Mapping[str, Any], settings: Ma
                    output_validation: str | None = None, known_abstention: float = 0.05) -> None:
     """Fine-tune a classifier on the split's training cells, stop early and set its abstention threshold on its
     validation cells; predict its validation and test cells.
+
+    When ``finetune.imbalance`` is a list, one model is trained per loss mode and the one with the best
+    ``annotator.validation_macro_f1`` on the validation cells is kept (a tie: the mode listed first); the choice and
+    the scores are logged and saved in the model (``config.selection`` in its manifest's meta).
 
     Only the split's cells are read from disk: training streams them ``buffer_cells`` rows at a time, the validation
     and test cells are predicted and written ``chunk_cells`` at a time (``store_settings``: the config's store block).
@@ -185,23 +195,34 @@ def finetune_stage(method: str, encoder_hparams: Mapping[str, Any], settings: Ma
         all_val, val = val, val[labels[val].isin(known)]
         genes = list(store.var_names)
         encoder_settings, _ = split_encoder_settings(encoder_hparams)
-        model = CellTypeAnnotator(genes, sorted(known), encoder_kind, encoder_settings,
-                                  {"hidden_dims": settings["head_hidden_dims"], "dropout": settings["dropout"]},
-                                  preprocessing=dict(preprocessing),
-                                  config={"method": method, "split": split, "finetune": dict(settings),
-                                          "cells": {"train": train.tolist(), "val": val.tolist()}})
         state = (read_encoder_file(pretrained, genes)["state"] if pretrained
                  else initial_encoder_state(encoder_kind, encoder_hparams, genes, settings["seed"]))
-        checkpoints = checkpoint_folder(checkpoint_root, {"method": method, "settings": settings, "split": split,
-                                                           "encoder": encoder_hparams, "pretrained": pretrained})
-        history = model.train(store.view(store.rows_of(train)), labels[train], store.view(store.rows_of(val)),
-                            labels[val], finetune_settings(settings), seed=settings["seed"], device=settings["device"],
-                            checkpoint_dir=checkpoints, pretrained_encoder_state=state, progress=PROGRESS,
-                            buffer_cells=store_settings["buffer_cells"])
-        log.info("%s on %s: best epoch %s, validation macro F1 %.3f (training from epoch %s)", method, split,
-                 history["best_epoch"], history["best_val_macro_f1"], history["start_epoch"])
-        model.calibrate_abstention(LabelledCells(store.view(store.rows_of(val)), labels[val].to_numpy()),
-                                   known_abstention)
+        validation = LabelledCells(store.view(store.rows_of(val)), labels[val].to_numpy())
+        models, scores = {}, {}
+        for mode in imbalance_modes(settings):
+            mode_settings = {**settings, "imbalance": mode}
+            model = CellTypeAnnotator(genes, sorted(known), encoder_kind, encoder_settings,
+                                      {"hidden_dims": settings["head_hidden_dims"], "dropout": settings["dropout"]},
+                                      preprocessing=dict(preprocessing),
+                                      config={"method": method, "split": split, "finetune": mode_settings,
+                                              "cells": {"train": train.tolist(), "val": val.tolist()}})
+            checkpoints = checkpoint_folder(checkpoint_root, {"method": method, "settings": mode_settings,
+                                                               "split": split, "encoder": encoder_hparams,
+                                                               "pretrained": pretrained})
+            history = model.train(store.view(store.rows_of(train)), labels[train], validation.X, labels[val],
+                                  finetune_settings(mode_settings), seed=settings["seed"], device=settings["device"],
+                                  checkpoint_dir=checkpoints, pretrained_encoder_state=state, progress=PROGRESS,
+                                  buffer_cells=store_settings["buffer_cells"])
+            models[mode], scores[mode] = model, validation_macro_f1(model, validation)
+            log.info("%s on %s (imbalance %s): best epoch %s, validation macro F1 %.3f (training from epoch %s)",
+                     method, split, mode, history["best_epoch"], scores[mode], history["start_epoch"])
+        chosen = best_on_validation(scores)
+        model = models[chosen]
+        model.config["selection"] = {"imbalance": chosen, "scores": scores}
+        if len(scores) > 1:
+            log.info("%s on %s: chose imbalance %s on %d validation cells (macro F1 by mode: %s)", method, split,
+                     chosen, len(val), scores)
+        model.calibrate_abstention(validation, known_abstention)
         model.save(output_model)
         for ids, output in ((all_val, output_validation), (test, output_predictions)):
             if output:

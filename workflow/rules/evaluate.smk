@@ -16,6 +16,11 @@ rule evaluate:
             caption="../report/paired.rst",
             category="Benchmark",
         ),
+        pretraining=report(
+            "results/benchmark/pretraining.tsv",
+            caption="../report/pretraining.rst",
+            category="Benchmark",
+        ),
     params:
         settings=config["evaluate"],
     log:
@@ -46,3 +51,22 @@ rule methods_table:
         "../../envs/sklearn.yaml"
     script:
         "../../scripts/methods_table.py"
+
+
+rule selections:
+    input:
+        models=expand("results/models/{method}/{split}", method=METHODS, split=SPLITS),
+    output:
+        report(
+            "results/benchmark/selections.tsv",
+            caption="../report/selections.rst",
+            category="Benchmark",
+        ),
+    log:
+        "results/logs/selections.log",
+    benchmark:
+        "results/benchmarks/selections.tsv"
+    conda:
+        "../../envs/sklearn.yaml"
+    script:
+        "../../scripts/selections_table.py"
