@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import copy
 import json
 import subprocess
@@ -98,7 +97,8 @@ def test_nothing_to_do_after_a_complete_run(default_run):
 
 
 REPORT = {"evaluate": 1, "report_figures": 1, "all": 1}
-SELECTIONS = {"selections": 1}  # selections.tsv gathers what every retrained model chose on validation cells
+# selections.tsv gathers what every retrained model chose on validation cells; the consensus recombines its members
+AFTER_RETRAINING = {"selections": 1, "consensus": 5}
 METHODS_TABLE = {"methods_table": 1}  # methods.tsv lists each method's configured settings
 NEURAL_ALL = {"pretrain": 6, "finetune": 10, "train_final": 2}
 BASELINE_ALL = {"baseline": 5, "baseline_final": 1}  # the final logreg model is the one top_genes ranks
@@ -108,17 +108,17 @@ BASELINE_ALL = {"baseline": 5, "baseline_final": 1}  # the final logreg model is
     ("block", "key", "value", "expected"),
     [
         ("baseline", "logreg", {"C": 0.5}, {**BASELINE_ALL, "top_genes": 1, **REPORT, **METHODS_TABLE,
-                                              **SELECTIONS}),
+                                              **AFTER_RETRAINING}),
         ("finetune", "lr", 0.002, {"finetune": 10, "train_final": 2, "top_genes": 2, **REPORT, **METHODS_TABLE,
-                                      **SELECTIONS}),
+                                      **AFTER_RETRAINING}),
         ("pretrain", "seed", 3, {"pretrain": 6, "finetune": 5, "train_final": 1, "top_genes": 1, **REPORT,
-                                  **SELECTIONS}),
+                                  **AFTER_RETRAINING}),
         ("evaluate", "unassigned_threshold", 0.5, REPORT),
         # wilcoxon ranks the labelled cells of the combined data, whatever the split: 3 of the 4 rankings rerun
         ("split", "seed", 1, {"split": 1, **BASELINE_ALL, **NEURAL_ALL, "top_genes": 3, **REPORT,
-                                 **SELECTIONS}),
+                                 **AFTER_RETRAINING}),
         ("qc", "min_genes", 150, {"qc": 1, "harmonise": 1, "split": 1, **BASELINE_ALL, **NEURAL_ALL, "top_genes": 4,
-                                   **REPORT, **SELECTIONS}),
+                                   **REPORT, **AFTER_RETRAINING}),
     ],
 )
 def test_changing_one_stage_reruns_it_and_what_follows_only(default_run, tmp_path, block, key, value, expected):
