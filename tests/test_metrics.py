@@ -102,6 +102,7 @@ def sklearn_scores(table: pd.DataFrame, train: list[str], abstained: np.ndarray,
     y_pred = table["predicted"].where(~abstained, metrics.UNASSIGNED)[known]
     return {"known_accuracy": skm.accuracy_score(y_true, y_pred),
             "known_kappa": skm.cohen_kappa_score(y_true, y_pred),
+            "called_kappa": skm.cohen_kappa_score(y_true, table["predicted"][known]),
             "known_macro_f1": skm.f1_score(y_true, y_pred, labels=sorted(set(y_true)), average="macro",
                                            zero_division=0),
             "known_abstention": abstained[known].mean(), "novel_recall": abstained[~known].mean(),

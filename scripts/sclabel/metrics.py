@@ -192,7 +192,8 @@ def benchmark_scores(table: pd.DataFrame, train_labels: Sequence[str], threshold
 
     Known cells are those whose type is among ``train_labels``. ``known_accuracy``, ``known_kappa`` and
     ``known_macro_f1`` score them (an abstention is a wrong ``unassigned``; macro F1 averages over the known cells'
-    own types only); ``known_abstention`` is the share of them abstained on. On splits with novel cells,
+    own types only); ``known_abstention`` is the share of them abstained on; ``called_kappa`` is Cohen's kappa of the
+    most probable type on them, abstentions ignored (the classifier alone, as a peer's own "best match"). On splits with novel cells,
     ``novel_auroc`` is the AUROC of the rejection score for novel against known cells and ``novel_recall`` the
     share of novel cells abstained on; ``novel_fraction`` is the share of test cells that are novel.
     ``rare_accuracy`` and ``rare_f1`` cover the ``rare_classes`` among the known cells' types, ``macro_auroc`` and
@@ -208,7 +209,9 @@ def benchmark_scores(table: pd.DataFrame, train_labels: Sequence[str], threshold
     rare = tested[tested["cell_type"].isin(rare_classes(train_labels, rare_fraction))]
     headline = (headline_scores(true[known], predicted[known]) if known.any()
                 else dict.fromkeys(("accuracy", "kappa", "macro_f1"), float("nan")))
+    called = table["predicted"].astype(str)[known]
     return {f"known_{name}": value for name, value in headline.items()} | {
+        "called_kappa": headline_scores(true[known], called)["kappa"] if known.any() else float("nan"),
         "known_abstention": _mean_or_nan(abstained[known]),
         "novel_fraction": _mean_or_nan(novel),
         "novel_recall": _mean_or_nan(abstained[novel]),
