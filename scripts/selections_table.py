@@ -6,7 +6,7 @@ from sclabel.runner import run_step
 
 
 def main(sm) -> None:
-    write_tsv(selections_table(list(sm.input.models)), sm.output[0])
+    write_tsv(selections_table(list(sm.params.models)), sm.output[0])
 
 
 run_step(snakemake, main)  # noqa: F821 (injected by Snakemake)

@@ -1,10 +1,3 @@
-def annotate_member_tables(wildcards):
-    """Per query, the consensus members' predictions on it (only when the consensus annotates)."""
-    if ANNOTATE_METHOD != "consensus":
-        return []
-    return [f"results/annotate/members/{method}/{query}.tsv" for query in QUERIES for method in CONSENSUS_MEMBERS]
-
-
 rule annotate:
     input:
         model=f"results/models/{ANNOTATE_METHOD}/final",

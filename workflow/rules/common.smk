@@ -68,6 +68,8 @@ if bad_members or ("consensus" in METHODS and not set(CONSENSUS_MEMBERS) <= set(
         f"config: consensus.members: {', '.join(sorted(set(bad_members) | (set(CONSENSUS_MEMBERS) - set(METHODS))))} "
         "cannot be combined. Fix: list registered, benchmarked methods (see methods), or leave it empty for all"
     )
+# methods whose jobs save a model and validation predictions (the consensus saves only its weights)
+TRAINED_METHODS = [m for m in METHODS if registry.METHODS.get(m) and registry.get(m).family != "ensemble"]
 ANNOTATE_METHOD = config["annotate"]["method"]
 if QUERIES and ANNOTATE_METHOD not in registry.METHODS:
     raise ValueError(
@@ -173,3 +175,21 @@ def torch_device(stage):
 def env_of_method(wildcards):
     """The conda env file of the job's method, for a rule run by several methods."""
     return method_env(wildcards.method)
+
+
+def consensus_inputs(folder):
+    """The members' files under ``folder`` (validation, predictions or models) for the job's split."""
+
+    def inputs(wildcards):
+        split = wildcards.get("split", "final")
+        suffix = "" if folder == "models" else ".tsv"
+        return expand(f"results/{folder}/{{method}}/{split}{suffix}", method=CONSENSUS_MEMBERS)
+
+    return inputs
+
+
+def annotate_member_tables(wildcards):
+    """Per query, the consensus members' predictions on it (only when the consensus annotates)."""
+    if ANNOTATE_METHOD != "consensus":
+        return []
+    return [f"results/annotate/members/{method}/{query}.tsv" for query in QUERIES for method in CONSENSUS_MEMBERS]

@@ -8,17 +8,6 @@ CONSENSUS_PARAMS = {
 }
 
 
-def consensus_inputs(folder):
-    """The members' files under ``folder`` (validation, predictions or models) for the job's split."""
-
-    def inputs(wildcards):
-        split = wildcards.get("split", "final")
-        suffix = "" if folder == "models" else ".tsv"
-        return expand(f"results/{folder}/{{method}}/{split}{suffix}", method=CONSENSUS_MEMBERS)
-
-    return inputs
-
-
 rule consensus:
     input:
         validation=consensus_inputs("validation"),

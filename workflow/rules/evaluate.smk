@@ -55,13 +55,16 @@ rule methods_table:
 
 rule selections:
     input:
-        models=expand("results/models/{method}/{split}", method=METHODS, split=SPLITS),
+        # written by the jobs that save the models; a forced rerun rewriting the same model changes neither
+        expand("results/validation/{method}/{split}.tsv", method=TRAINED_METHODS, split=SPLITS),
     output:
         report(
             "results/benchmark/selections.tsv",
             caption="../report/selections.rst",
             category="Benchmark",
         ),
+    params:
+        models=expand("results/models/{method}/{split}", method=TRAINED_METHODS, split=SPLITS),
     log:
         "results/logs/selections.log",
     benchmark:
