@@ -114,11 +114,16 @@ class Annotator(ABC):
         from sclabel.store import row_chunks
 
         if validation is None or not len(validation.labels):
-            self.rejection_threshold = None
+            self.set_rejection_threshold(np.empty(0), known_abstention)
             return
         scores = np.concatenate([self.rejection_score(chunk)
                                  for chunk in row_chunks(validation.X, self.context.chunk_cells)])
-        self.rejection_threshold = float(np.quantile(scores, 1.0 - known_abstention, method="higher"))
+        self.set_rejection_threshold(scores, known_abstention)
+
+    def set_rejection_threshold(self, validation_scores: np.ndarray, known_abstention: float) -> None:
+        """The (1 - ``known_abstention``) quantile of known validation cells' rejection scores (None without any)."""
+        self.rejection_threshold = (float(np.quantile(validation_scores, 1.0 - known_abstention, method="higher"))
+                                    if len(validation_scores) else None)
 
     def abstains(self, rejection: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
         """Whether each cell is left unassigned, given its rejection score and class probabilities: the method's own

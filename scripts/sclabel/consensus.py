@@ -26,7 +26,8 @@ from sclabel import io
 from sclabel.annotator import Annotator, LabelledCells, load_annotator, save_not_run
 from sclabel.errors import InputError
 from sclabel.evaluation import parse_prediction_path
-from sclabel.metrics import ABSTAINED, NOT_RUN, PROBA_PREFIX, REJECTION, probability_columns
+from sclabel.metrics import (ABSTAINED, NOT_RUN, PROBA_PREFIX, REJECTION, confusion, label_order, per_class_scores,
+                             probability_columns)
 from sclabel.predictions import write_predictions
 
 log = logging.getLogger("sclabel")
@@ -37,21 +38,23 @@ WEIGHTS_FILE = "weights.npz"
 WEIGHT_FLOOR = 1e-3
 
 
+def table_classes(table: pd.DataFrame) -> dict[str, str]:
+    """``{class: its proba:<class> column}`` of a prediction table: the classes the member was trained on."""
+    return {column[len(PROBA_PREFIX):]: column for column in probability_columns(table)}
+
+
 def member_probabilities(table: pd.DataFrame, classes: Sequence[str]) -> np.ndarray:
     """A member's probabilities over ``classes`` (0 for classes it does not know), rows in table order."""
-    known = {column[len(PROBA_PREFIX):]: column for column in probability_columns(table)}
+    known = table_classes(table)
     return np.column_stack([table[known[c]].to_numpy(dtype=float) if c in known else np.zeros(len(table))
                             for c in classes])
 
 
 def class_f1(truth: np.ndarray, predicted: np.ndarray, classes: Sequence[str]) -> np.ndarray:
-    """F1 of each class (0 where it has no true and no predicted cells), as scikit-learn's zero_division=0."""
-    scores = []
-    for label in classes:
-        hits = np.sum((truth == label) & (predicted == label))
-        total = np.sum(truth == label) + np.sum(predicted == label)
-        scores.append(2.0 * hits / total if total else 0.0)
-    return np.asarray(scores)
+    """F1 of each of ``classes`` (0 where it has no true and no predicted cells), as scikit-learn's zero_division=0."""
+    labels = label_order([*truth, *classes], predicted)
+    scores = per_class_scores(confusion(truth, predicted, labels), labels).set_index("cell_type")["f1"]
+    return scores.loc[list(classes)].to_numpy()
 
 
 def cawpe_weights(validation: Mapping[str, pd.DataFrame], classes: Sequence[str], alpha: float) -> np.ndarray:
@@ -60,7 +63,7 @@ def cawpe_weights(validation: Mapping[str, pd.DataFrame], classes: Sequence[str]
     rows = []
     for table in validation.values():
         truth = table["true"].to_numpy(dtype=str)
-        known = np.isin(classes, [column[len(PROBA_PREFIX):] for column in probability_columns(table)])
+        known = np.isin(classes, list(table_classes(table)))
         f1 = class_f1(truth, table["predicted"].to_numpy(dtype=str), classes)
         rows.append(np.where(known, f1 ** alpha + WEIGHT_FLOOR, 0.0))
     return np.vstack(rows)
@@ -96,7 +99,7 @@ class ConsensusAnnotator(Annotator):
         """Weights from each member's predictions on validation cells (``{member: prediction table}``)."""
         classes = set()
         for table in validation.values():
-            classes |= {column[len(PROBA_PREFIX):] for column in probability_columns(table)}
+            classes |= set(table_classes(table))
         self.members, self.member_models = list(validation), [str(folder) for folder in member_models]
         self.classes = np.asarray(sorted(classes), dtype=str)
         self.weights = cawpe_weights(validation, self.classes, self.settings["alpha"])
@@ -144,9 +147,7 @@ class ConsensusAnnotator(Annotator):
         """The rejection threshold leaving ``known_abstention`` of the validation cells of known types unassigned."""
         _, rejection = self.combine(validation, "validation predictions")
         truth = validation[next(member for member in self.members if member in validation)]["true"].astype(str)
-        known = truth.isin(self.classes).to_numpy()
-        self.rejection_threshold = (float(np.quantile(rejection[known], 1.0 - known_abstention, method="higher"))
-                                    if known.any() else None)
+        self.set_rejection_threshold(rejection[truth.isin(self.classes).to_numpy()], known_abstention)
 
     def save_arrays(self, folder: Path) -> dict[str, Any]:
         np.savez(folder / WEIGHTS_FILE, weights=self.weights)
