@@ -129,6 +129,17 @@ def test_other_imbalance_modes_train(pbmc, imbalance):
     assert history["best_val_macro_f1"] > 0.5
 
 
+def test_bf16_training_keeps_float32_weights_and_lands_near_fp32(pbmc, trained):
+    model, history = _fit(pbmc, replace(SETTINGS, precision="bf16"))
+    assert all(p.dtype == torch.float32 for p in model.network.parameters())
+    X_test, y_test = pbmc["test"]
+    exact = f1_score(y_test, trained[0].predict(X_test)[0], average="macro")
+    assert f1_score(y_test, model.predict(X_test)[0], average="macro") == pytest.approx(exact, abs=0.05)
+    assert history["train_loss"][-1] < history["train_loss"][0]
+    with pytest.raises(ValueError, match="precision 'fp16' is not one of fp32, bf16"):
+        FinetuneSettings(precision="fp16")
+
+
 def test_sampler_balances_classes_and_weights_invert_counts(pbmc):
     y = _new_model(pbmc).encode_labels(pbmc["train"][1])
     n_classes = len(pbmc["labels"])

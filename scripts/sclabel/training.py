@@ -141,7 +141,8 @@ def pretrain_stage(pretrain: str, encoder_kind: str, encoder_hparams: Mapping[st
                                            batch_size=method["batch_size"], lr=method["lr"],
                                            mask_prob=method["mask_prob"], seed=settings["seed"], device=device,
                                            grad_accum_steps=method["grad_accum_steps"], progress=PROGRESS,
-                                           buffer_cells=store_settings["buffer_cells"])
+                                           buffer_cells=store_settings["buffer_cells"],
+                                           precision=method["precision"])
         history["cells"] = {name: store.obs_names[rows].tolist() for name, rows in cells.items()}
     log.info("pretraining loss per epoch: %s", [round(v, 4) for v in history["loss"]])
     io.write_text(json.dumps(history, indent=1, default=str), output_history)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
+import warnings
 from collections.abc import Iterator
 
 import numpy as np
@@ -15,6 +17,7 @@ from torch import nn
 from sclabel.store import DEFAULT_BUFFER_CELLS, Matrix, row_blocks
 
 log = logging.getLogger(__name__)
+PRECISIONS = ("fp32", "bf16")
 
 
 def pick_device(requested: str = "auto") -> torch.device:
@@ -42,8 +45,27 @@ def iterate_minibatches(order: np.ndarray, batch_size: int) -> Iterator[np.ndarr
     yield from np.array_split(order, max(1, math.ceil(len(order) / batch_size)))
 
 
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast on ``device`` for ``precision`` "bf16" (weights and optimiser stay float32); else nothing."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    return torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+
+
 def dense_tensor(block: sp.spmatrix | sp.sparray | np.ndarray, device: torch.device) -> torch.Tensor:
-    """A sparse or dense block of rows as a dense float32 tensor on ``device``."""
+    """A sparse or dense block of rows as a dense float32 tensor on ``device``.
+
+    On a GPU a sparse block travels as CSR and is made dense there: it moves its non-zeros, not cells x genes floats.
+    """
+    if sp.issparse(block) and device.type == "cuda":
+        csr = sp.csr_matrix(block)
+        with warnings.catch_warnings():  # torch flags its CSR tensors as beta; construction and to_dense are exact
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            sparse = torch.sparse_csr_tensor(torch.from_numpy(csr.indptr.astype(np.int64)),
+                                             torch.from_numpy(csr.indices.astype(np.int64)),
+                                             torch.from_numpy(csr.data.astype(np.float32)), size=csr.shape,
+                                             check_invariants=False)  # scipy CSR is valid by construction
+        return sparse.to(device, non_blocking=True).to_dense()
     block = block.toarray() if sp.issparse(block) else np.asarray(block)
     return torch.from_numpy(np.ascontiguousarray(block, dtype=np.float32)).to(device)
 

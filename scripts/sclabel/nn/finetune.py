@@ -18,7 +18,8 @@ from tqdm.auto import tqdm
 
 from sclabel.errors import InputError
 from sclabel.io import atomic_path
-from sclabel.nn.encoders import Matrix, dense_tensor, iterate_minibatches, pick_device, predict_batches, seed_everything
+from sclabel.nn.encoders import (PRECISIONS, Matrix, autocast, dense_tensor, iterate_minibatches, pick_device,
+                                 predict_batches, seed_everything)
 from sclabel.store import DEFAULT_BUFFER_CELLS, row_blocks
 
 log = logging.getLogger(__name__)
@@ -40,12 +41,15 @@ class FinetuneSettings:
     imbalance: str = "sampler"
     freeze_encoder: bool = False
     grad_accum_steps: int = 1
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         if min(self.epochs, self.batch_size, self.patience, self.grad_accum_steps) < 1:
             raise ValueError("epochs, batch_size, patience and grad_accum_steps must all be at least 1")
         if self.imbalance not in IMBALANCE_MODES:
             raise ValueError(f"imbalance {self.imbalance!r} is not one of {', '.join(IMBALANCE_MODES)}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
 
 
 class ClassifierHead(nn.Module):
@@ -118,15 +122,17 @@ def _train_epoch(encoder: nn.Module, head: nn.Module, X: Matrix, y: np.ndarray, 
     head.train()
     batches = list(iterate_minibatches(order, settings.batch_size))
     optimizer.zero_grad()
-    total = 0.0
+    total = torch.zeros((), dtype=torch.float64, device=device)  # summed on the device: no sync per batch
     for i, (rows, block) in enumerate(row_blocks(X, batches, buffer_cells), start=1):
-        loss = loss_fn(head(encoder(dense_tensor(block, device))), torch.from_numpy(y[rows]).to(device))
+        with autocast(device, settings.precision):
+            logits = head(encoder(dense_tensor(block, device)))
+        loss = loss_fn(logits.float(), torch.from_numpy(y[rows]).to(device))
         (loss / settings.grad_accum_steps).backward()
         if i % settings.grad_accum_steps == 0 or i == len(batches):
             optimizer.step()
             optimizer.zero_grad()
-        total += loss.item()
-    return total / len(batches)
+        total += loss.detach()
+    return total.item() / len(batches)
 
 
 def evaluate(model: nn.Module, X: Matrix, y: np.ndarray, batch_size: int,

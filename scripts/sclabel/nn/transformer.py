@@ -26,7 +26,6 @@ from collections.abc import Iterator, Sequence
 from os import PathLike
 
 import numpy as np
-import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -34,6 +33,7 @@ from torch.utils.checkpoint import checkpoint
 from tqdm.auto import tqdm
 
 from sclabel.errors import InputError
+from sclabel.nn.encoders import autocast, dense_tensor
 from sclabel.store import DEFAULT_BUFFER_CELLS, Matrix, row_blocks
 
 DEFAULT_BIN_EDGES: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0, 3.0)
@@ -309,14 +309,14 @@ def _check_config(
 
 
 def _batches(
-    X: Matrix, batch_size: int, generator: torch.Generator, buffer_cells: int = DEFAULT_BUFFER_CELLS
+    X: Matrix, batch_size: int, generator: torch.Generator, device: torch.device,
+    buffer_cells: int = DEFAULT_BUFFER_CELLS,
 ) -> Iterator[Tensor]:
-    """Shuffled dense float32 mini-batches of the rows of ``X``, read ``buffer_cells`` rows at a time."""
+    """Shuffled dense float32 mini-batches of the rows of ``X`` on ``device``, read ``buffer_cells`` rows at a time."""
     order = torch.randperm(X.shape[0], generator=generator).numpy()
     batches = [np.sort(order[start : start + batch_size]) for start in range(0, len(order), batch_size)]
     for _, block in row_blocks(X, batches, buffer_cells):
-        dense = block.toarray() if sp.issparse(block) else block
-        yield torch.from_numpy(np.asarray(dense, dtype=np.float32))
+        yield dense_tensor(block, device)
 
 
 def _masked_step(
@@ -347,10 +347,12 @@ def pretrain_masked_bins(
     grad_accum_steps: int = 1,
     weight_decay: float = 0.01,
     buffer_cells: int = DEFAULT_BUFFER_CELLS,
+    precision: str = "fp32",
 ) -> dict[str, list[float]]:
     """Masked-bin pre-training on log1p CP10k ``X``; per-epoch ``loss`` and ``masked_accuracy``.
 
-    ``X`` may be a ``store.RowView``: batches are then read from disk ``buffer_cells`` rows at a time.
+    ``X`` may be a ``store.RowView``: batches are then read from disk ``buffer_cells`` rows at a time. ``precision``
+    "bf16" runs the forward pass under bf16 autocast (the loss and the weights stay float32).
     """
     # Cross-entropy on masked genes only, AdamW, gradients averaged over grad_accum_steps
     # batches; seed fixes the global torch RNG (dropout), the batch order and the masks.
@@ -366,10 +368,11 @@ def pretrain_masked_bins(
     n_batches = math.ceil(X.shape[0] / batch_size)
     for epoch in range(epochs):
         totals = np.zeros(3)  # loss sum, correct, masked
-        bar = tqdm(_batches(X, batch_size, order_rng, buffer_cells), total=n_batches,
+        bar = tqdm(_batches(X, batch_size, order_rng, device, buffer_cells), total=n_batches,
                    desc=f"masked-bin epoch {epoch + 1}/{epochs}", disable=not progress)
         for step, x in enumerate(bar, start=1):
-            loss, correct, n_masked = _masked_step(encoder, x.to(device), mask_prob, mask_rng)
+            with autocast(device, precision):
+                loss, correct, n_masked = _masked_step(encoder, x, mask_prob, mask_rng)
             if n_masked:
                 (loss / (n_masked * grad_accum_steps)).backward()
                 totals += (loss.item(), correct, n_masked)
