@@ -2,7 +2,7 @@
 # writes it; regenerate it whenever an env file changes (tests/test_deployment.py checks the two agree).
 FROM condaforge/miniforge3:latest
 LABEL io.github.snakemake.containerized="true"
-LABEL io.github.snakemake.conda_env_hash="cc6b4b90dfa5a760553a80159129bf8036f1db28bb721c812fa4512d2a8073d7"
+LABEL io.github.snakemake.conda_env_hash="237e802ff7659ecfff8d3f1ba1de3e79174395602ba1b9424571e84dbf27d267"
 # Conda environment:
 #   source: envs/celltypist.yaml
 #   prefix: /conda-envs/ef7f745077425d29fa15dadad7fe453f
@@ -35,7 +35,7 @@ RUN mkdir -p /conda-envs/ef7f745077425d29fa15dadad7fe453f
 COPY envs/celltypist.yaml /conda-envs/ef7f745077425d29fa15dadad7fe453f/environment.yaml
 # Conda environment:
 #   source: envs/data.yaml
-#   prefix: /conda-envs/38c90e8525018e702d515a63c2558bcc
+#   prefix: /conda-envs/0cee92bdd62ad0a4dc850bf4161d2be3
 #   # download, qc, harmonise, split
 #   channels:
 #     - conda-forge
@@ -50,8 +50,11 @@ COPY envs/celltypist.yaml /conda-envs/ef7f745077425d29fa15dadad7fe453f/environme
 #     - h5py=3.15.1
 #     - scikit-learn=1.7.2
 #     - tqdm=4.67.1
-RUN mkdir -p /conda-envs/38c90e8525018e702d515a63c2558bcc
-COPY envs/data.yaml /conda-envs/38c90e8525018e702d515a63c2558bcc/environment.yaml
+#     - pip=25.3
+#     - pip:
+#         - cellxgene-ontology-guide==1.11.1  # Cell Ontology offline (ontology maps, harmonise.labels)
+RUN mkdir -p /conda-envs/0cee92bdd62ad0a4dc850bf4161d2be3
+COPY envs/data.yaml /conda-envs/0cee92bdd62ad0a4dc850bf4161d2be3/environment.yaml
 # Conda environment:
 #   source: envs/interpret.yaml
 #   prefix: /conda-envs/c6bd7afb35b36b1c8534e8c7a06d77ab
@@ -130,7 +133,7 @@ RUN mkdir -p /conda-envs/3ebb9eac8e698a4f87d7c940780d0f7e
 COPY envs/singler.yaml /conda-envs/3ebb9eac8e698a4f87d7c940780d0f7e/environment.yaml
 # Conda environment:
 #   source: envs/sklearn.yaml
-#   prefix: /conda-envs/8bad5c1428553d38ce4b63bf87f48160
+#   prefix: /conda-envs/9e0446f57f2f9a032a48215a91345b50
 #   # classical baselines, evaluation, and annotating with a baseline (scanpy, igraph: normalising and majority voting)
 #   channels:
 #     - conda-forge
@@ -149,8 +152,9 @@ COPY envs/singler.yaml /conda-envs/3ebb9eac8e698a4f87d7c940780d0f7e/environment.
 #     - pip=25.3
 #     - pip:
 #         - igraph==1.0.0  # scanpy's Leiden (annotate.majority_voting), as in envs/torch.yaml
-RUN mkdir -p /conda-envs/8bad5c1428553d38ce4b63bf87f48160
-COPY envs/sklearn.yaml /conda-envs/8bad5c1428553d38ce4b63bf87f48160/environment.yaml
+#         - cellxgene-ontology-guide==1.11.1  # Cell Ontology offline (ontology-aware metrics)
+RUN mkdir -p /conda-envs/9e0446f57f2f9a032a48215a91345b50
+COPY envs/sklearn.yaml /conda-envs/9e0446f57f2f9a032a48215a91345b50/environment.yaml
 # Conda environment:
 #   source: envs/torch.yaml
 #   prefix: /conda-envs/1ed51a786132b2f5bac90e8badac761e
@@ -177,10 +181,10 @@ RUN mkdir -p /conda-envs/1ed51a786132b2f5bac90e8badac761e
 COPY envs/torch.yaml /conda-envs/1ed51a786132b2f5bac90e8badac761e/environment.yaml
 
 RUN conda env create --prefix /conda-envs/ef7f745077425d29fa15dadad7fe453f --file /conda-envs/ef7f745077425d29fa15dadad7fe453f/environment.yaml && \
-    conda env create --prefix /conda-envs/38c90e8525018e702d515a63c2558bcc --file /conda-envs/38c90e8525018e702d515a63c2558bcc/environment.yaml && \
+    conda env create --prefix /conda-envs/0cee92bdd62ad0a4dc850bf4161d2be3 --file /conda-envs/0cee92bdd62ad0a4dc850bf4161d2be3/environment.yaml && \
     conda env create --prefix /conda-envs/c6bd7afb35b36b1c8534e8c7a06d77ab --file /conda-envs/c6bd7afb35b36b1c8534e8c7a06d77ab/environment.yaml && \
     conda env create --prefix /conda-envs/14ef36bd051104cab391e532795ca9b8 --file /conda-envs/14ef36bd051104cab391e532795ca9b8/environment.yaml && \
     conda env create --prefix /conda-envs/3ebb9eac8e698a4f87d7c940780d0f7e --file /conda-envs/3ebb9eac8e698a4f87d7c940780d0f7e/environment.yaml && \
-    conda env create --prefix /conda-envs/8bad5c1428553d38ce4b63bf87f48160 --file /conda-envs/8bad5c1428553d38ce4b63bf87f48160/environment.yaml && \
+    conda env create --prefix /conda-envs/9e0446f57f2f9a032a48215a91345b50 --file /conda-envs/9e0446f57f2f9a032a48215a91345b50/environment.yaml && \
     conda env create --prefix /conda-envs/1ed51a786132b2f5bac90e8badac761e --file /conda-envs/1ed51a786132b2f5bac90e8badac761e/environment.yaml && \
     conda clean --all -y

@@ -15,7 +15,8 @@ from sclabel import registry
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO_ROOT / "scripts"
 # import name -> conda/pip package name where they differ
-PACKAGE_OF = {"sklearn": "scikit-learn", "matplotlib": "matplotlib-base", "yaml": "pyyaml"}
+PACKAGE_OF = {"sklearn": "scikit-learn", "matplotlib": "matplotlib-base", "yaml": "pyyaml",
+              "cellxgene_ontology_guide": "cellxgene-ontology-guide"}
 # packages a method imports by name at run time: sclabel.peers.import_peer loads each peer's package in its own
 # method's env only, so that envs/celltypist.yaml needs no singler and the other way round
 RUNTIME_IMPORTS = {"celltypist": {"celltypist"}, "singler": {"singler", "scranpy"}}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,14 +45,16 @@ def pretraining_effect(long: pd.DataFrame) -> pd.DataFrame:
 
 def evaluate_stage(prediction_files: Sequence[str], class_counts_file: str, settings: Mapping[str, Any],
                    output_metrics: str, output_summary: str, output_per_class: str, output_confusion: str,
-                   output_paired: str, output_pretraining: str | None = None) -> None:
+                   output_paired: str, output_pretraining: str | None = None,
+                   finer: Mapping[str, Collection[str]] | None = None) -> None:
     """Score every method × split; write long metrics, mean ± sd summary, per-class scores, confusion counts, the
     paired comparison with the best peer (``metrics.paired_against_best_peer`` on ``known_kappa``) and the paired
     pretraining effect (``pretraining_effect``).
 
     Per-class scores and confusion counts cover all test cells on the headline's truth (``metrics.scored_labels``).
     A prediction file holding the ``not_run`` record of a method that could not run is not scored; the summary
-    shows that method as ``not run: <reason>`` (``metrics.add_not_run``).
+    shows that method as ``not run: <reason>`` (``metrics.add_not_run``). With ``finer`` (``ontology.finer_labels``)
+    the metrics add the ontology-aware ``ontology_accuracy`` and ``ontology_macro_f1``.
     """
     class_counts = io.read_tsv(class_counts_file, ["split", "cell_type"])
     metric_rows, class_rows, confusion_rows, not_run = [], [], [], []
@@ -66,7 +68,7 @@ def evaluate_stage(prediction_files: Sequence[str], class_counts_file: str, sett
             continue
         trained_on = training_labels(class_counts, split)
         scores = metrics.benchmark_scores(table, trained_on, settings["unassigned_threshold"],
-                                          settings["rare_fraction"])
+                                          settings["rare_fraction"], finer)
         metric_rows += [{"method": method, "split": split, "metric": metric, "value": value}
                         for metric, value in scores.items() if np.isfinite(value)]
         true, predicted = metrics.scored_labels(table, trained_on, settings["unassigned_threshold"])

@@ -11,7 +11,7 @@ method abstained on is predicted ``unassigned`` (``scored_labels``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -186,8 +186,22 @@ def ranking_scores(table: pd.DataFrame) -> dict[str, float]:
     return {"macro_auroc": _mean_or_nan(by_metric[0]), "macro_auprc": _mean_or_nan(by_metric[1])}
 
 
+def ontology_corrected(true: pd.Series, predicted: pd.Series, finer: Mapping[str, Collection[str]]) -> pd.Series:
+    """``predicted`` with every prediction that ``finer`` allows for the truth (the same Cell Ontology term or a
+    descendant of it: a finer subtype) replaced by the true label, so that it counts as right (scTab's rule)."""
+    allowed = np.array([p in finer.get(t, ()) for t, p in zip(true, predicted)], dtype=bool)
+    return predicted.where(~allowed, true)
+
+
+def ontology_scores(true: pd.Series, predicted: pd.Series, finer: Mapping[str, Collection[str]]) -> dict[str, float]:
+    """``ontology_accuracy`` and ``ontology_macro_f1``: ``headline_scores`` of the ``ontology_corrected``
+    predictions (equal to the exact ones when no prediction is a finer subtype of the truth)."""
+    headline = headline_scores(true, ontology_corrected(true, predicted, finer))
+    return {"ontology_accuracy": headline["accuracy"], "ontology_macro_f1": headline["macro_f1"]}
+
+
 def benchmark_scores(table: pd.DataFrame, train_labels: Sequence[str], threshold: float,
-                     rare_fraction: float) -> dict[str, float]:
+                     rare_fraction: float, finer: Mapping[str, Collection[str]] | None = None) -> dict[str, float]:
     """Benchmark metrics of one prediction table on the ``scored_labels`` truth; NaN where undefined.
 
     Known cells are those whose type is among ``train_labels``. ``known_accuracy``, ``known_kappa`` and
@@ -197,7 +211,9 @@ def benchmark_scores(table: pd.DataFrame, train_labels: Sequence[str], threshold
     ``novel_auroc`` is the AUROC of the rejection score for novel against known cells and ``novel_recall`` the
     share of novel cells abstained on; ``novel_fraction`` is the share of test cells that are novel.
     ``rare_accuracy`` and ``rare_f1`` cover the ``rare_classes`` among the known cells' types, ``macro_auroc`` and
-    ``macro_auprc`` are ``ranking_scores`` on known cells.
+    ``macro_auprc`` are ``ranking_scores`` on known cells. With ``finer`` (label → the labels whose Cell Ontology
+    term is its own or a descendant, ``ontology.finer_labels``), ``ontology_accuracy`` and ``ontology_macro_f1`` are
+    ``ontology_scores`` on the same known cells and predictions (an abstention stays wrong).
     """
     true, predicted = scored_labels(table, train_labels, threshold)
     rejection, abstained = abstention(table, threshold)
@@ -218,7 +234,8 @@ def benchmark_scores(table: pd.DataFrame, train_labels: Sequence[str], threshold
         "novel_auroc": auroc(novel, rejection) if 0 < novel.sum() < novel.size else float("nan"),
         "rare_accuracy": _mean_or_nan((true == predicted)[true.isin(rare["cell_type"])]),
         "rare_f1": _mean_or_nan(rare["f1"]),
-    } | ranking_scores(table[known])
+    } | ranking_scores(table[known]) | (
+        ontology_scores(true[known], predicted[known], finer) if finer is not None and known.any() else {})
 
 
 def paired_difference(method: pd.Series, reference: pd.Series) -> dict[str, float | int] | None:

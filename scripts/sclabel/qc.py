@@ -282,13 +282,24 @@ def combined_obs(obs_tables: Sequence[pd.DataFrame]) -> pd.DataFrame:
     return obs
 
 
+def relabelled(obs: pd.DataFrame, labels: Mapping[str, str] | None) -> pd.DataFrame:
+    """``obs`` with its cell types renamed by ``labels`` (every one listed) and the old ones kept in
+    ``author_cell_type``; unchanged without ``labels`` or cell types."""
+    if not labels or "cell_type" not in obs:
+        return obs
+    author = obs["cell_type"].astype(str)
+    return obs.assign(cell_type=pd.Categorical(author.map(labels)), author_cell_type=pd.Categorical(author))
+
+
 def harmonise_stores(inputs: Sequence[str | Path], names: Sequence[str], join: str, case: str, output: str | Path,
-                     renormalise_to: float | None = None, chunk_cells: int = DEFAULT_CHUNK_CELLS) -> pd.DataFrame:
+                     renormalise_to: float | None = None, chunk_cells: int = DEFAULT_CHUNK_CELLS,
+                     relabel: Mapping[str, Mapping[str, str]] | None = None) -> pd.DataFrame:
     """``combine`` of cell stores chunk by chunk, written as a store; returns the genes report.
 
     Genes come from each store's var names and obs from its obs table (no matrix read); then each dataset's rows
     are mapped onto the combined genes (zero-filled where it lacks one), renormalised when asked, and appended.
     A layer missing from some datasets is zero for their cells, as ``ad.concat(join='outer')`` fills it.
+    ``relabel`` (dataset → {label: new label}) renames the cell types of those datasets (``relabelled``).
     """
     stores = [CellStore(path) for path in inputs]
     try:
@@ -298,7 +309,8 @@ def harmonise_stores(inputs: Sequence[str | Path], names: Sequence[str], join: s
         check_genes_shared(genes, names)
         layers_of = [store.layers for store in stores]
         layers = list(dict.fromkeys(name for names_ in layers_of for name in names_))
-        with RowWriter(output, combined_obs([store.obs for store in stores]), pd.DataFrame(index=genes),
+        obs = combined_obs([relabelled(store.obs, (relabel or {}).get(name)) for store, name in zip(stores, names)])
+        with RowWriter(output, obs, pd.DataFrame(index=genes),
                        combined_uns(join, genes, names, renormalise_to), layers) as writer:
             for store, names_, present in zip(stores, genes_of, layers_of):
                 selector, _ = gene_selector(names_, genes)
@@ -346,10 +358,12 @@ def qc_stage(input_h5ad: str, settings: Mapping[str, Any], output_h5ad: str, out
 
 
 def harmonise_stage(inputs: Sequence[str], names: Sequence[str], settings: Mapping[str, Any], target_sum: float,
-                    output_h5ad: str, output_table: str, chunk_cells: int = DEFAULT_CHUNK_CELLS) -> None:
-    """Combine the QC'd datasets on harmonised gene names (renormalised per cell over them when asked), by chunks."""
+                    output_h5ad: str, output_table: str, chunk_cells: int = DEFAULT_CHUNK_CELLS,
+                    relabel: Mapping[str, Mapping[str, str]] | None = None) -> None:
+    """Combine the QC'd datasets on harmonised gene names (renormalised per cell over them when asked), by chunks;
+    ``relabel`` renames cell types per dataset (``harmonise_stores``)."""
     report = harmonise_stores(inputs, names, settings["gene_join"], settings["case"], output_h5ad,
-                                 target_sum if settings["renormalise"] else None, chunk_cells)
+                              target_sum if settings["renormalise"] else None, chunk_cells, relabel)
     n_genes = report["genes_in_combined"].iloc[0] + report["genes_zero_filled"].iloc[0]
     log.info("combined %d cells x %d genes (%s join)\n%s", report["cells"].sum(), n_genes, settings["gene_join"],
              report.to_string(index=False))

@@ -44,6 +44,8 @@ if config["smoke"]:
 
 
 DATASETS = list(config["datasets"])
+# dataset -> its label -> Cell Ontology id map (config/ontology/*.tsv), for the datasets that have one
+ONTOLOGY_MAPS = {name: spec["ontology_map"] for name, spec in config["datasets"].items() if spec.get("ontology_map")}
 QUERIES = list(config["annotate"]["queries"])
 METHODS = list(config["methods"])
 NEURAL_METHODS = [m for m in METHODS if registry.METHODS.get(m) and registry.get(m).family == "neural"]

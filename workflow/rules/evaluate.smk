@@ -2,6 +2,7 @@ rule evaluate:
     input:
         predictions=prediction_files,
         class_counts="results/splits/class_counts.tsv",
+        ontology="results/qc/ontology.tsv",
     output:
         metrics="results/benchmark/metrics.tsv",
         summary=report(

@@ -19,12 +19,15 @@ rule qc:
 
 rule harmonise:
     input:
-        expand("results/data/qc/{dataset}.h5ad", dataset=DATASETS),
+        qc=expand("results/data/qc/{dataset}.h5ad", dataset=DATASETS),
+        maps=list(ONTOLOGY_MAPS.values()),
     output:
         h5ad="results/data/combined.h5ad",
         table="results/qc/genes.tsv",
+        ontology="results/qc/ontology.tsv",
     params:
         names=DATASETS,
+        ontology_maps=ONTOLOGY_MAPS,
         settings=config["harmonise"],
         target_sum=config["qc"]["target_sum"],
         chunk_cells=config["store"]["chunk_cells"],
