@@ -158,7 +158,7 @@ def selectable(method: Method) -> bool:
     return method.family == "baseline" or (method.family == "neural" and method.pretrain is None)
 
 
-METHODS.update({variant.name: variant for variant in map(on_selected_genes, filter(selectable, list(METHODS.values())))})
+METHODS.update({variant.name: variant for variant in map(on_selected_genes, filter(selectable, [*METHODS.values()]))})
 
 
 class UnknownMethod(ValueError):
