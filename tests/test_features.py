@@ -92,8 +92,9 @@ def test_selection_reads_only_the_training_cells(symphony, tmp_path, monkeypatch
     ranked_rows = np.concatenate(reads[start:stop])
     assert stop - start == 3 * -(-len(symphony["train"]) // 100)  # 3 gene chunks x row chunks of 100 cells
     assert set(ranked_rows) == set(symphony["train"])  # every training cell, no validation or test cell
-    sampled = features.selection_rows(CellStore(symphony["store"]), io.read_tsv(symphony["splits"], ["cell_id"])
-                                      .set_index("cell_id")["cv1"], pd.Series(symphony["labels"]), 300, 0)
+    roles = io.read_tsv(symphony["splits"], ["cell_id"]).set_index("cell_id")["cv1"]
+    with CellStore(symphony["store"]) as store:  # max_cells: a stratified sample of the training cells
+        sampled = features.selection_rows(store, roles, pd.Series(symphony["labels"]), 300, 0)
     assert set(sampled) < set(symphony["train"]) and len(sampled) <= 300 + 10 * 9
 
 
