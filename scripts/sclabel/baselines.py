@@ -383,8 +383,15 @@ BASELINES: dict[str, Baseline] = {
 EMBEDDING_BASELINES = tuple(registry.names("embedding_baseline"))
 
 
+def implementation(name: str) -> str:
+    """The ``BASELINES`` entry that implements method ``name``: itself, or a ``@top`` variant's base."""
+    method = registry.METHODS.get(name)
+    return (method.base or name) if method else name
+
+
 def resolve_settings(name: str, settings: Mapping[str, Any] | None) -> dict[str, Any]:
     """The baseline's defaults updated with ``settings``; unknown names or settings raise a one-line InputError."""
+    name = implementation(name)
     if name not in BASELINES:
         raise InputError(CONFIG, "methods", f"unknown baseline '{name}'", f"use one of {', '.join(BASELINES)}")
     defaults = BASELINES[name].defaults
@@ -436,7 +443,7 @@ def fit_recording_convergence(fit: Callable[[], BaseEstimator]) -> tuple[BaseEst
 def build_baseline(name: str, settings: Mapping[str, Any] | None, seed: int) -> BaseEstimator:
     """The unfitted estimator for baseline ``name`` (a ``C`` grid's middle value: ``without_validation``)."""
     resolved = without_validation(settings_grid(name, resolve_settings(name, settings)))
-    return BASELINES[name].build(resolved, seed)
+    return BASELINES[implementation(name)].build(resolved, seed)
 
 
 def fit_baseline(name: str, settings: Mapping[str, Any] | None, X_train: Any, y_train: np.ndarray, seed: int,
@@ -449,7 +456,7 @@ def fit_baseline(name: str, settings: Mapping[str, Any] | None, X_train: Any, y_
     if name in EMBEDDING_BASELINES and (sp.issparse(X_train) or isinstance(X_train, RowView)):
         raise InputError("training data", "X", f"{name} takes a dense embedding, got a sparse matrix",
                          "pass the cells' embedding (cells x dimensions), or use the *_pca baseline on expression")
-    baseline = BASELINES[name]
+    baseline = BASELINES[implementation(name)]
     return baseline.fit(baseline.build(resolved, seed), resolved, X_train, np.asarray(y_train), seed, chunk_cells)
 
 

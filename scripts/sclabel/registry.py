@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from importlib import import_module, metadata
 from pathlib import Path
 from typing import Any
@@ -62,6 +62,7 @@ class Method:
     package: str = "scikit-learn"  # the package that implements it (methods.tsv gives its version)
     rejection: str = THRESHOLD_REJECTION  # when it leaves a cell unassigned (methods.tsv's rejection_rule)
     fit_cells: str = "train"  # the split's cells it is fitted on
+    base: str | None = None  # for a ``<method>@top`` variant: the method it runs on the split's selected genes
 
     def row(self) -> dict[str, Any]:
         """The method as a flat table row (methods.tsv; ``rejection`` as ``rejection_rule``)."""
@@ -138,6 +139,28 @@ METHODS: dict[str, Method] = {m.name: m for m in [
 ]}
 
 
+# A ``<method>@top`` variant runs its base method on the split's ``features.top_k`` genes chosen by the
+# feature-selection stage (sclabel.features, rule select_features): the selected columns of the matrix, as a new
+# matrix, for the baselines on expression and the neural methods without pretraining (whose encoders are built
+# over the matrix's genes); plain ``<method>`` keeps every gene, so the two form the ablation.
+SELECTED_SUFFIX = "@top"
+SELECTED_TEXT = "on the split's features.top_k genes ranked by chunked linear models on its training cells"
+
+
+def on_selected_genes(method: Method) -> Method:
+    """The ``<method>@top`` variant of ``method``: the same method, trained and predicting on the selected genes."""
+    return replace(method, name=f"{method.name}{SELECTED_SUFFIX}", base=method.name,
+                   description=f"{method.description}, {SELECTED_TEXT}")
+
+
+def selectable(method: Method) -> bool:
+    """Whether ``method`` has a ``@top`` variant: it reads expression and builds nothing over the genes beforehand."""
+    return method.family == "baseline" or (method.family == "neural" and method.pretrain is None)
+
+
+METHODS.update({variant.name: variant for variant in map(on_selected_genes, filter(selectable, [*METHODS.values()]))})
+
+
 class UnknownMethod(ValueError):
     """A method name the registry does not know."""
 
@@ -149,6 +172,11 @@ def get(name: str) -> Method:
     return METHODS[name]
 
 
+def base_name(name: str) -> str:
+    """The method whose implementation and settings ``name`` uses: itself, or a ``@top`` variant's base."""
+    return get(name).base or name
+
+
 def names(*families: str) -> list[str]:
     """Registered method names of the given families (all when none given), in registry order."""
     return [m.name for m in METHODS.values() if not families or m.family in families]
@@ -156,7 +184,8 @@ def names(*families: str) -> list[str]:
 
 def pretraining_pairs(names_: list[str]) -> list[tuple[str, str]]:
     """(pretrained neural method, its counterpart without pretraining: same encoder) for both in ``names_``."""
-    plain = {get(name).encoder: name for name in names_ if get(name).family == "neural" and get(name).pretrain is None}
+    plain = {get(name).encoder: name for name in names_
+             if get(name).family == "neural" and get(name).pretrain is None and get(name).base is None}
     return [(name, plain[get(name).encoder]) for name in names_
             if get(name).pretrain is not None and get(name).encoder in plain]
 
@@ -198,7 +227,10 @@ def markdown_table() -> str:
     """The README's methods table: every registered method, its family, what it is, its env, when it abstains."""
     lines = ["| method | family | what it is | env | abstains when |", "|---|---|---|---|---|"]
     lines += [f"| `{m.name}` | {m.family} | {m.description} | `envs/{m.env}.yaml` | {m.rejection} |"
-              for m in METHODS.values()]
+              for m in METHODS.values() if m.base is None]
+    variants = ", ".join(f"`{m.name}`" for m in METHODS.values() if m.base)
+    lines.append(f"| {variants} | as its base | its base method (the name without `{SELECTED_SUFFIX}`) "
+                 f"{SELECTED_TEXT} (`features`) | as its base | as its base |")
     return "\n".join(lines)
 
 

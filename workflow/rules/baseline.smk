@@ -3,7 +3,7 @@
 # results/models/{method}/{split} (skops, no pickle); CV / LODO splits also write test predictions. The final
 # models (trained on the final split's train + val cells) are what interpretation reads.
 BASELINE_PARAMS = {
-    "settings": lambda wildcards: config["baseline"].get(wildcards.method, {}),
+    "settings": lambda wildcards: config["baseline"].get(registry.base_name(wildcards.method), {}),
     "seed": config["baseline"]["seed"],
     "store": config["store"],
     "target_sum": config["qc"]["target_sum"],
@@ -18,7 +18,7 @@ EMBEDDING_PARAMS = {
 
 rule baseline:
     input:
-        h5ad="results/data/combined.h5ad",
+        h5ad=method_matrix,
         splits="results/splits/splits.tsv",
     output:
         model=directory("results/models/{method}/{split}"),
@@ -42,7 +42,7 @@ rule baseline:
 
 rule baseline_final:
     input:
-        h5ad="results/data/combined.h5ad",
+        h5ad=method_matrix,
         splits="results/splits/splits.tsv",
     output:
         model=directory("results/models/{method}/final"),

@@ -16,7 +16,7 @@ MEMBER_METHODS = registry.names("baseline", "control", "embedding_baseline", "ne
 wildcard_constraints:
     dataset=r"[A-Za-z0-9][A-Za-z0-9_-]*",
     split=r"cv[0-9]+|lodo_[A-Za-z0-9_-]+|final",
-    method=r"[A-Za-z0-9][A-Za-z0-9_+.-]*",
+    method=r"[A-Za-z0-9][A-Za-z0-9_+.@-]*",
 
 
 SMOKE_CAPS = {"epochs": 2, "rounds": 1, "batch_size": 32, "max_cells": 300}
@@ -159,9 +159,23 @@ def encoder_settings(wildcards):
 
 
 def finetune_settings(method):
-    """The finetune block with the method's overrides applied (overrides themselves left out)."""
+    """The finetune block with the method's overrides applied (a @top variant: its base's, then its own), overrides
+    themselves left out."""
     settings = {k: v for k, v in config["finetune"].items() if k != "overrides"}
-    return {**settings, **config["finetune"]["overrides"].get(method, {}), "device": torch_device("finetune")}
+    overrides = config["finetune"]["overrides"]
+    return {
+        **settings,
+        **overrides.get(registry.base_name(method), {}),
+        **overrides.get(method, {}),
+        "device": torch_device("finetune"),
+    }
+
+
+def method_matrix(wildcards):
+    """The matrix a method trains and predicts on: its split's selected genes for a @top variant, else all genes."""
+    if registry.get(wildcards.method).base:
+        return f"results/features/{wildcards.get('split', 'final')}.h5ad"
+    return "results/data/combined.h5ad"
 
 
 def gpu_resource(stage):

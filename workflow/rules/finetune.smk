@@ -14,7 +14,7 @@ FINETUNE_PARAMS = {
 
 rule finetune:
     input:
-        h5ad="results/data/combined.h5ad",
+        h5ad=method_matrix,
         splits="results/splits/splits.tsv",
         pretrained=pretrained_encoder,
     output:
@@ -41,7 +41,7 @@ rule finetune:
 
 rule train_final:
     input:
-        h5ad="results/data/combined.h5ad",
+        h5ad=method_matrix,
         splits="results/splits/splits.tsv",
         pretrained=pretrained_encoder,
     output:
