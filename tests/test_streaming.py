@@ -52,9 +52,9 @@ def _fit(data, X, settings: FinetuneSettings = SETTINGS, **kwargs) -> tuple[Cell
     return model, history
 
 
-@pytest.mark.parametrize("imbalance", ["sampler", "none"])
-def test_training_from_the_store_equals_training_in_memory(symphony, imbalance):
-    settings = replace(SETTINGS, imbalance=imbalance)
+@pytest.mark.parametrize("imbalance, augment", [("sampler", 0.0), ("none", 0.0), ("sampler", 0.5)])
+def test_training_from_the_store_equals_training_in_memory(symphony, imbalance, augment):
+    settings = replace(SETTINGS, imbalance=imbalance, augment=augment)  # augmentation partners: batch mates
     memory, memory_history = _fit(symphony, lambda rows: symphony["adata"].X[rows], settings)
     with CellStore(symphony["path"]) as store:
         # a buffer smaller than two batches: every disk read holds one batch
