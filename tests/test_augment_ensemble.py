@@ -179,6 +179,6 @@ def test_listed_settings_are_every_combination_and_selections_name_them(tmp_path
     folder = tmp_path / "mlp" / "cv1"
     folder.mkdir(parents=True)
     selection = {"imbalance": "sampler", "augment": 0.5, "scores": {"sampler/0": 0.8, "sampler/0.5": 0.9}}
-    (folder / MANIFEST).write_text(json.dumps({"method": "mlp", "meta": {"config": {"selection": selection}}}))
+    (folder / MANIFEST).write_text(json.dumps({"method": "mlp", "meta": {"selection": selection}}))
     row = selection_row(folder)
     assert (row["setting"], row["chosen"]) == ("imbalance/augment", "sampler/0.5")

@@ -90,13 +90,13 @@ def evaluate_stage(prediction_files: Sequence[str], class_counts_file: str, sett
 
 
 def selection_row(folder: Path) -> dict[str, Any] | None:
-    """What a saved model chose on its validation cells (``meta.selection``, or a neural model's
-    ``meta.config.selection``) and whether its solver converged; None for a model that records neither. Several
+    """What a saved model chose on its validation cells (``meta.selection``) and whether its solver converged; None
+    for a model that records neither. Several
     chosen settings (a neural model's ``imbalance`` and ``augment`` lists) are joined by '/', in the same order in
     ``setting`` and ``chosen``."""
     manifest = json.loads((folder / MANIFEST).read_text())
     meta = manifest.get("meta", {})
-    selection = meta.get("selection") or meta.get("config", {}).get("selection")
+    selection = meta.get("selection")
     if selection is None and "converged" not in meta:
         return None
     settings = [key for key in selection if key != "scores"] if selection else []

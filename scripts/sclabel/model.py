@@ -314,8 +314,8 @@ class CellTypeAnnotator(Annotator):
 
     def save_arrays(self, folder: Path) -> dict:
         """weights.pt (every member's weights, weights only), reference.npz (reference embeddings and their class
-        codes), labels.txt and model.json (architecture, preprocessing, training record); the number of members and
-        their temperatures go into the manifest."""
+        codes), labels.txt and model.json (architecture, preprocessing, training record); the number of members,
+        their temperatures and what was chosen on validation cells (``config.selection``) go into the manifest."""
         meta = {"encoder_kind": self.encoder_kind, "encoder_hparams": self.encoder.hparams,
                 "head_hparams": self.head.hparams, "preprocessing": self.preprocessing, "config": self.config,
                 "training": self.training, "inference_batch_size": self._batch_size()}
@@ -324,7 +324,8 @@ class CellTypeAnnotator(Annotator):
         (folder / "labels.txt").write_text("\n".join(self.labels) + "\n")
         (folder / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
         np.savez(folder / REFERENCE_FILE, embeddings=self.reference, codes=self.reference_codes)
-        return {"n_seeds": len(self.members), "temperatures": [member.temperature for member in self.members]}
+        return {"n_seeds": len(self.members), "temperatures": [member.temperature for member in self.members],
+                "selection": self.config.get("selection")}
 
     def load_arrays(self, folder: Path, meta: dict) -> None:
         """The members' weights, temperatures and the reference written by ``save_arrays`` (the architecture is

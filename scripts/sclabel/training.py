@@ -189,7 +189,7 @@ def finetune_stage(method: str, encoder_hparams: Mapping[str, Any], settings: Ma
     When ``finetune.imbalance`` and/or ``finetune.augment`` is a list, one model is trained per combination
     (``candidate_settings``) and the one with the best ``annotator.validation_macro_f1`` on the validation cells is
     kept (a tie: the one listed first); the choice and the scores are logged and saved in the model
-    (``config.selection`` in its manifest's meta).
+    (``config.selection``, and ``selection`` in its manifest's meta, which ``selections.tsv`` reads).
 
     Only the split's cells are read from disk: training streams them ``buffer_cells`` rows at a time, the validation
     and test cells are predicted and written ``chunk_cells`` at a time (``store_settings``: the config's store block).
