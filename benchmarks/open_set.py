@@ -31,7 +31,6 @@ from sklearn.metrics import roc_auc_score
 from sclabel import splits
 from sclabel.annotator import load_annotator
 from sclabel.model import CellTypeAnnotator
-from sclabel.nn.novelty import REJECTIONS
 from workflow_time import absolute_sources
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -64,7 +63,7 @@ def prepare(configfile: Path, methods: list[str], seed: int, workdir: Path) -> l
 def option_scores(model: CellTypeAnnotator, X_val: object, X_test: object, novel: np.ndarray) -> list[dict]:
     """Novel AUROC, novel recall and known abstention at the validation threshold for each rejection option."""
     rows = []
-    for option in REJECTIONS:
+    for option in model.rejection_options:
         threshold = np.quantile(model.rejection_score(X_val, option), 1.0 - KNOWN_ABSTENTION)
         score = model.rejection_score(X_test, option)
         rejected = score > threshold

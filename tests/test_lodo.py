@@ -24,6 +24,7 @@ def symphony_lodo(shared_data, tmp_path_factory):
     config = absolute_paths(load_config("bench_symphony_lodo.yaml"))
     config["methods"] = QUICK_METHODS
     config["interpret"] = {"enabled": False}
+    config["finetune"]["augment"] = 0  # the shipped augmentation ablation doubles training (unit-tested instead)
     configfile = write_config(workdir, config)
     snakemake(workdir, configfile)
     return workdir, configfile, ad.read_h5ad(workdir / "results/data/combined.h5ad", backed="r").obs

@@ -17,6 +17,7 @@ from sclabel import io, splits, training
 from sclabel.annotator import LabelledCells, RunContext, load_annotator
 from sclabel.baselines import BaselineAnnotator
 from sclabel.embedding_baselines import EmbeddingBaselineAnnotator
+from sclabel.evaluation import selections_table
 from sclabel.method_stage import method_stage
 from sclabel.model import CellTypeAnnotator
 from sclabel.nn.encoders import MLPEncoder, predict_batches
@@ -52,9 +53,9 @@ def _fit(data, X, settings: FinetuneSettings = SETTINGS, **kwargs) -> tuple[Cell
     return model, history
 
 
-@pytest.mark.parametrize("imbalance", ["sampler", "none"])
-def test_training_from_the_store_equals_training_in_memory(symphony, imbalance):
-    settings = replace(SETTINGS, imbalance=imbalance)
+@pytest.mark.parametrize("imbalance, augment", [("sampler", 0.0), ("none", 0.0), ("sampler", 0.5)])
+def test_training_from_the_store_equals_training_in_memory(symphony, imbalance, augment):
+    settings = replace(SETTINGS, imbalance=imbalance, augment=augment)  # augmentation partners: batch mates
     memory, memory_history = _fit(symphony, lambda rows: symphony["adata"].X[rows], settings)
     with CellStore(symphony["path"]) as store:
         # a buffer smaller than two batches: every disk read holds one batch
@@ -175,6 +176,8 @@ def test_a_list_of_loss_modes_keeps_the_one_with_the_best_validation_macro_f1(sy
     assert selection["scores"] == pytest.approx(by_hand)
     best = max(modes, key=lambda mode: (by_hand[mode], -modes.index(mode)))
     assert selection["imbalance"] == best
+    row = selections_table([str(tmp_path / "both" / "model")]).iloc[0]  # the choice reaches selections.tsv
+    assert (row["setting"], row["chosen"]) == ("imbalance", best)
     pd.testing.assert_frame_equal(chosen, alone[best])
 
 

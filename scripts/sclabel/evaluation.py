@@ -92,16 +92,19 @@ def evaluate_stage(prediction_files: Sequence[str], class_counts_file: str, sett
 
 
 def selection_row(folder: Path) -> dict[str, Any] | None:
-    """What a saved model chose on its validation cells (``meta.selection``, or a neural model's
-    ``meta.config.selection``) and whether its solver converged; None for a model that records neither."""
+    """What a saved model chose on its validation cells (``meta.selection``) and whether its solver converged; None
+    for a model that records neither. Several
+    chosen settings (a neural model's ``imbalance`` and ``augment`` lists) are joined by '/', in the same order in
+    ``setting`` and ``chosen``."""
     manifest = json.loads((folder / MANIFEST).read_text())
     meta = manifest.get("meta", {})
-    selection = meta.get("selection") or meta.get("config", {}).get("selection")
+    selection = meta.get("selection")
     if selection is None and "converged" not in meta:
         return None
-    setting = next((key for key in selection if key != "scores"), "") if selection else ""
-    return {"method": manifest["method"], "split": folder.name, "setting": setting,
-            "chosen": selection[setting] if selection else "",
+    settings = [key for key in selection if key != "scores"] if selection else []
+    chosen = [selection[key] for key in settings]
+    return {"method": manifest["method"], "split": folder.name, "setting": "/".join(settings),
+            "chosen": chosen[0] if len(chosen) == 1 else "/".join(map(str, chosen)),
             "validation_macro_f1": json.dumps(selection["scores"], sort_keys=True) if selection else "",
             "converged": meta.get("converged", "")}
 

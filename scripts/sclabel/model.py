@@ -1,10 +1,12 @@
-"""CellTypeAnnotator: the neural methods' Annotator (an encoder + classifier head), and gene alignment."""
+"""CellTypeAnnotator: the neural methods' Annotator (an encoder + classifier head, or a deep ensemble of them)."""
 
 from __future__ import annotations
 
 import json
+import logging
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +24,7 @@ MODEL_FILES = ("model.json", "weights.pt", "labels.txt")
 REFERENCE_FILE = "reference.npz"
 REFERENCE_CELLS = 20_000  # default cap on the training cells whose embeddings the distance scores compare to
 NEIGHBOURS = 10  # default k of knn_distance
+log = logging.getLogger(__name__)
 
 
 def _read_lines(path: Path) -> list[str]:
@@ -29,11 +32,51 @@ def _read_lines(path: Path) -> list[str]:
     return [line for line in path.read_text().splitlines() if line]
 
 
+@dataclass
+class Member:
+    """One independently seeded network: an encoder, its classifier head and its softmax temperature."""
+
+    encoder: nn.Module
+    head: ClassifierHead
+    temperature: float = 1.0
+
+    @property
+    def network(self) -> nn.Sequential:
+        """Encoder followed by head, mapping expression to class logits."""
+        return nn.Sequential(self.encoder, self.head)
+
+
+class Stacked(nn.Module):
+    """Several modules applied to the same batch, outputs stacked [cells, modules, ...] (one pass over the cells)."""
+
+    def __init__(self, modules: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.parts = nn.ModuleList(modules)
+        self.training = modules[0].training  # so predict_batches restores the parts' own mode
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Each module's output for ``x``, stacked along dimension 1."""
+        return torch.stack([part(x) for part in self.parts], dim=1)
+
+
+def member_checkpoints(checkpoint_dir: Path | None, index: int) -> Path | None:
+    """Checkpoint folder of ensemble member ``index``: the run's own folder for the first, a subfolder for others."""
+    if checkpoint_dir is None or index == 0:
+        return checkpoint_dir
+    return Path(checkpoint_dir) / f"member{index}"
+
+
 class CellTypeAnnotator(Annotator):
     """Cell-type classifier over a fixed gene list: encoder (mlp or transformer) + scBalance-style head.
 
     Training also fits a softmax temperature on the validation cells and keeps a class-balanced sample of the
     training cells' embeddings (the reference of the distance-based rejection scores).
+
+    With ``finetune.n_seeds`` = N > 1 it is a deep ensemble: N members trained one after another on the same cells
+    with seeds seed, seed + 1, ..., each with its own temperature; the class probabilities are the mean of the
+    members' calibrated probabilities, the embedding is the members' unit embeddings side by side (scaled to unit
+    length) and ``ensemble_mi`` scores their disagreement. ``encoder``, ``head``, ``network`` and ``temperature``
+    are the first member's (the model's own when N = 1).
     """
 
     version_bound = ("torch",)
@@ -56,18 +99,48 @@ class CellTypeAnnotator(Annotator):
         self.config = config
         self.training: dict = {}
         self.inference_batch_size = inference_batch_size  # cells per forward pass; None: fine-tuning batch size
+        self.n_seeds = int(self.settings.get("n_seeds", 1))
+        if self.n_seeds < 1:
+            raise ValueError(f"finetune.n_seeds must be at least 1, not {self.n_seeds}")
         self._build()
         if self.rejection not in novelty.REJECTIONS:
             raise ValueError(f"finetune.rejection {self.rejection!r} is not one of {', '.join(novelty.REJECTIONS)}")
+        if self.rejection in novelty.ENSEMBLE_REJECTIONS and self.n_seeds < 2:
+            raise ValueError(f"finetune.rejection {self.rejection} scores an ensemble's disagreement: "
+                             "set finetune.n_seeds to 2 or more")
+
+    def _new_member(self) -> Member:
+        """A freshly initialised encoder and head (eval mode) from the global torch generator, uncalibrated."""
+        encoder = build_encoder(self.encoder_kind, len(self.genes), self.encoder_hparams)
+        member = Member(encoder, ClassifierHead(encoder.out_dim, len(self.labels), **self.head_hparams))
+        member.network.eval()
+        return member
 
     def _build(self) -> None:
-        """(Re)create freshly initialised encoder and head modules (eval mode), uncalibrated, without reference."""
-        self.encoder = build_encoder(self.encoder_kind, len(self.genes), self.encoder_hparams)
-        self.head = ClassifierHead(self.encoder.out_dim, len(self.labels), **self.head_hparams)
-        self.network.eval()
-        self.temperature = 1.0
-        self.reference = np.zeros((0, self.encoder.out_dim), dtype=np.float32)  # unit-length training embeddings
+        """(Re)create ``n_seeds`` freshly initialised members, uncalibrated, without reference."""
+        self._set_members([self._new_member() for _ in range(self.n_seeds)])
+
+    def _set_members(self, members: list[Member]) -> None:
+        """Use ``members`` and drop the reference (its embedding is theirs)."""
+        self.members = members
+        width = self.encoder.out_dim * (len(members) if len(members) > 1 else 1)
+        self.reference = np.zeros((0, width), dtype=np.float32)  # unit-length training embeddings
         self.reference_codes = np.zeros(0, dtype=np.int64)  # their class codes
+
+    @property
+    def encoder(self) -> nn.Module:
+        """The first member's encoder."""
+        return self.members[0].encoder
+
+    @property
+    def head(self) -> ClassifierHead:
+        """The first member's classifier head."""
+        return self.members[0].head
+
+    @property
+    def temperature(self) -> float:
+        """The first member's softmax temperature."""
+        return self.members[0].temperature
 
     @property
     def rejection(self) -> str:
@@ -76,12 +149,13 @@ class CellTypeAnnotator(Annotator):
 
     @property
     def network(self) -> nn.Sequential:
-        """Encoder followed by head, mapping expression to class logits."""
-        return nn.Sequential(self.encoder, self.head)
+        """The first member's encoder followed by its head, mapping expression to class logits."""
+        return self.members[0].network
 
     def to(self, device: str = "auto") -> CellTypeAnnotator:
-        """Move the modules to ``device`` (see ``pick_device``); returns self."""
-        self.network.to(pick_device(device))
+        """Move every member's modules to ``device`` (see ``pick_device``); returns self."""
+        for member in self.members:
+            member.network.to(pick_device(device))
         return self
 
     def _check_genes(self, X: Matrix) -> None:
@@ -115,33 +189,54 @@ class CellTypeAnnotator(Annotator):
             checkpoint_dir: Path | None = None, pretrained_encoder_state: dict | None = None,
             progress: bool = True, on_epoch_end: Callable[[int, dict], None] | None = None,
             buffer_cells: int = DEFAULT_BUFFER_CELLS) -> dict:
-        """Train from a fresh seeded initialisation (optionally a pretrained encoder); returns the history.
+        """Train from a fresh seeded initialisation (optionally a pretrained encoder); returns the (first member's)
+        history.
 
-        ``X_train``/``X_val`` may be ``store.RowView``s, streamed ``buffer_cells`` rows at a time.
+        ``X_train``/``X_val`` may be ``store.RowView``s, streamed ``buffer_cells`` rows at a time. An ensemble's
+        members are trained one after another (member i with seed ``seed`` + i, checkpoints in
+        ``member_checkpoints``); each one's training time is logged and kept in ``training["members"]``.
         """
         settings = settings or FinetuneSettings()
         self._check_genes(X_train)
         self._check_genes(X_val)
-        seed_everything(seed)
-        self._build()
-        if pretrained_encoder_state is not None:
-            self.encoder.load_state_dict(pretrained_encoder_state)
-        history = fit_classifier(self.encoder, self.head, X_train, self.encode_labels(y_train), X_val,
-                                 self.encode_labels(y_val), settings, seed, device, checkpoint_dir, progress,
-                                 on_epoch_end, buffer_cells)
-        self.training = {"settings": asdict(settings), "seed": seed, "history": history}
+        codes_train, codes_val = self.encode_labels(y_train), self.encode_labels(y_val)
+        members, histories, records = [], [], []
+        for index in range(self.n_seeds):
+            member_seed = seed + index
+            seed_everything(member_seed)
+            member = self._new_member()
+            if pretrained_encoder_state is not None:
+                member.encoder.load_state_dict(pretrained_encoder_state)
+            started = time.perf_counter()
+            history = fit_classifier(member.encoder, member.head, X_train, codes_train, X_val, codes_val, settings,
+                                     member_seed, device, member_checkpoints(checkpoint_dir, index), progress,
+                                     on_epoch_end, buffer_cells)
+            seconds = time.perf_counter() - started
+            log.info("member %d/%d (seed %d): %.1f s, best epoch %d, validation macro F1 %.4f", index + 1,
+                     self.n_seeds, member_seed, seconds, history["best_epoch"], history["best_val_macro_f1"])
+            members.append(member)
+            histories.append(history)
+            records.append({"seed": member_seed, "seconds": round(seconds, 3), "best_epoch": history["best_epoch"],
+                            "best_val_macro_f1": history["best_val_macro_f1"], "start_epoch": history["start_epoch"]})
+        self._set_members(members)
+        self.training = {"settings": asdict(settings), "seed": seed, "history": histories[0], "members": records}
         self.seed = seed
         self.calibrate(X_val, y_val)
         self.fit_reference(X_train, y_train, self.settings.get("rejection_reference_cells", REFERENCE_CELLS), seed)
-        return history
+        return histories[0]
 
-    def calibrate(self, X_val: Matrix, y_val: Sequence[str]) -> float:
-        """Fit the softmax temperature on validation cells (lowest NLL, see ``novelty.fit_temperature``); returns it."""
-        logits, codes = self.logits(X_val), self.encode_labels(y_val)
-        self.temperature = novelty.fit_temperature(logits, codes)
-        self.training["calibration"] = {"temperature": self.temperature, "val_nll": novelty.nll(logits, codes, 1.0),
-                                        "val_nll_calibrated": novelty.nll(logits, codes, self.temperature)}
-        return self.temperature
+    def calibrate(self, X_val: Matrix, y_val: Sequence[str]) -> list[float]:
+        """Fit each member's softmax temperature on validation cells (lowest NLL, see ``novelty.fit_temperature``);
+        returns them. ``training["calibration"]`` records the fit (one entry per member under ``members`` when
+        there are several)."""
+        codes = self.encode_labels(y_val)
+        fits = []
+        for member, logits in zip(self.members, self.member_logits(X_val).transpose(1, 0, 2)):
+            member.temperature = novelty.fit_temperature(logits, codes)
+            fits.append({"temperature": member.temperature, "val_nll": novelty.nll(logits, codes, 1.0),
+                         "val_nll_calibrated": novelty.nll(logits, codes, member.temperature)})
+        self.training["calibration"] = fits[0] if len(fits) == 1 else {"members": fits}
+        return [member.temperature for member in self.members]
 
     def fit_reference(self, X_train: Matrix, y_train: Sequence[str], max_cells: int, seed: int) -> None:
         """Keep the unit-length embeddings of a seeded class-balanced sample of at most ``max_cells`` training cells."""
@@ -150,26 +245,51 @@ class CellTypeAnnotator(Annotator):
         self.reference = novelty.l2_normalised(self.embed(take_rows(X_train, rows)))
         self.reference_codes = codes[rows]
 
-    def logits(self, X: Matrix) -> np.ndarray:
-        """Class logits [cells, labels] (before the temperature)."""
+    def member_logits(self, X: Matrix) -> np.ndarray:
+        """Every member's class logits [cells, members, labels] (before the temperatures), in one pass over ``X``."""
         self._check_genes(X)
-        return predict_batches(self.network, X, self._batch_size())
+        return predict_batches(Stacked([member.network for member in self.members]), X, self._batch_size())
+
+    def logits(self, X: Matrix) -> np.ndarray:
+        """The first member's class logits [cells, labels] (before the temperature)."""
+        return self.member_logits(X)[:, 0]
+
+    def member_probabilities(self, X: Matrix) -> np.ndarray:
+        """Every member's calibrated class probabilities [cells, members, labels]."""
+        logits = self.member_logits(X)
+        return np.stack([novelty.softmax(logits[:, i], member.temperature) for i, member in enumerate(self.members)],
+                        axis=1)
 
     def predict_proba(self, X: Matrix) -> np.ndarray:
-        """Class probabilities [cells, labels] for gene-aligned log1p CP10k expression."""
-        return novelty.softmax(self.logits(X), self.temperature)
+        """Class probabilities [cells, labels] for gene-aligned log1p CP10k expression (an ensemble: the mean of
+        its members' calibrated probabilities)."""
+        return self.member_probabilities(X).mean(axis=1)
+
+    @property
+    def rejection_options(self) -> tuple[str, ...]:
+        """The rejection scores this model gives: every ``novelty.REJECTIONS`` option (``ensemble_mi`` only for an
+        ensemble)."""
+        return tuple(kind for kind in novelty.REJECTIONS
+                     if len(self.members) > 1 or kind not in novelty.ENSEMBLE_REJECTIONS)
 
     def rejection_score(self, X: Matrix, kind: str | None = None) -> np.ndarray:
         """How unlike the training cells each cell is, higher = more novel (``kind``: one of ``novelty.REJECTIONS``,
-        default ``finetune.rejection``): 1 - calibrated top probability, energy, or the cosine distance to the k
-        nearest reference cells or to the nearest class centroid in the embedding."""
+        default ``finetune.rejection``): 1 - calibrated top probability, energy (an ensemble: its members' mean),
+        the cosine distance to the k nearest reference cells or to the nearest class centroid in the embedding, or
+        an ensemble's mutual information (``ensemble_mi``)."""
         kind = kind or self.rejection
         if kind == "max_softmax":
             return 1.0 - self.predict_proba(X).max(axis=1)
         if kind == "energy":
-            return novelty.energy(self.logits(X), self.temperature)
+            logits = self.member_logits(X)
+            return np.mean([novelty.energy(logits[:, i], member.temperature)
+                            for i, member in enumerate(self.members)], axis=0)
         if kind not in novelty.REJECTIONS:
             raise ValueError(f"rejection {kind!r} is not one of {', '.join(novelty.REJECTIONS)}")
+        if kind == "ensemble_mi":
+            if len(self.members) < 2:
+                raise ValueError("ensemble_mi needs an ensemble: train with finetune.n_seeds of 2 or more")
+            return novelty.mutual_information(self.member_probabilities(X))
         if not len(self.reference):
             raise ValueError(f"{kind} needs the training cells' reference embeddings: train the model (or load one "
                              f"saved with {REFERENCE_FILE})")
@@ -187,29 +307,39 @@ class CellTypeAnnotator(Annotator):
         return labels.astype(str), confidence
 
     def embed(self, X: Matrix) -> np.ndarray:
-        """Encoder embedding [cells, out_dim]."""
+        """Encoder embedding [cells, out_dim]; an ensemble's: ``novelty.joint_embedding`` of its members'."""
         self._check_genes(X)
-        return predict_batches(self.encoder, X, self._batch_size())
+        embeddings = predict_batches(Stacked([member.encoder for member in self.members]), X, self._batch_size())
+        return embeddings[:, 0] if len(self.members) == 1 else novelty.joint_embedding(embeddings)
 
     def save_arrays(self, folder: Path) -> dict:
-        """weights.pt (weights only), reference.npz (reference embeddings and their class codes), labels.txt and
-        model.json (architecture, preprocessing, training record); the temperature goes into the manifest."""
+        """weights.pt (every member's weights, weights only), reference.npz (reference embeddings and their class
+        codes), labels.txt and model.json (architecture, preprocessing, training record); the number of members,
+        their temperatures and what was chosen on validation cells (``config.selection``) go into the manifest."""
         meta = {"encoder_kind": self.encoder_kind, "encoder_hparams": self.encoder.hparams,
                 "head_hparams": self.head.hparams, "preprocessing": self.preprocessing, "config": self.config,
                 "training": self.training, "inference_batch_size": self._batch_size()}
-        torch.save({"encoder": self.encoder.state_dict(), "head": self.head.state_dict()}, folder / "weights.pt")
+        torch.save({"members": [{"encoder": member.encoder.state_dict(), "head": member.head.state_dict()}
+                                for member in self.members]}, folder / "weights.pt")
         (folder / "labels.txt").write_text("\n".join(self.labels) + "\n")
         (folder / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
         np.savez(folder / REFERENCE_FILE, embeddings=self.reference, codes=self.reference_codes)
-        return {"temperature": self.temperature}
+        return {"n_seeds": len(self.members), "temperatures": [member.temperature for member in self.members],
+                "selection": self.config.get("selection")}
 
     def load_arrays(self, folder: Path, meta: dict) -> None:
-        """The weights, temperature and reference written by ``save_arrays`` (the architecture is rebuilt by
-        ``from_saved``; a model saved before calibration loads with temperature 1 and no reference)."""
+        """The members' weights, temperatures and the reference written by ``save_arrays`` (the architecture is
+        rebuilt by ``from_saved``; a model saved before calibration loads with temperature 1 and no reference, one
+        saved before ensembles as its single network)."""
         weights = torch.load(folder / "weights.pt", map_location="cpu", weights_only=True)
-        self.encoder.load_state_dict(weights["encoder"])
-        self.head.load_state_dict(weights["head"])
-        self.temperature = float(meta.get("temperature", 1.0))
+        states = weights.get("members", [weights])
+        temperatures = meta.get("temperatures", [meta.get("temperature", 1.0)] * len(states))
+        self.n_seeds = len(states)
+        self._set_members([self._new_member() for _ in states])
+        for member, state, temperature in zip(self.members, states, temperatures):
+            member.encoder.load_state_dict(state["encoder"])
+            member.head.load_state_dict(state["head"])
+            member.temperature = float(temperature)
         if (folder / REFERENCE_FILE).is_file():
             with np.load(folder / REFERENCE_FILE, allow_pickle=False) as reference:
                 self.reference, self.reference_codes = reference["embeddings"], reference["codes"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import shutil
@@ -161,10 +162,21 @@ def finetune_settings(settings: Mapping[str, Any]) -> FinetuneSettings:
     return FinetuneSettings(**{key: value for key, value in settings.items() if key in fields})
 
 
-def imbalance_modes(settings: Mapping[str, Any]) -> list[str]:
-    """The loss modes to train: ``finetune.imbalance`` as a list (one chosen on validation cells) or the one given."""
-    modes = settings.get("imbalance", FinetuneSettings.imbalance)
-    return list(modes) if isinstance(modes, list | tuple) else [modes]
+SELECTABLE = ("imbalance", "augment")  # finetune keys that may list candidates, chosen on validation cells
+
+
+def candidate_settings(settings: Mapping[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
+    """The keys of ``SELECTABLE`` that list several values (``imbalance`` when none does) and every combination of
+    their values to train, in the listed order (the first varying fastest last: itertools.product)."""
+    options = {key: value if isinstance(value, list | tuple) else [value]
+               for key in SELECTABLE for value in [settings.get(key, getattr(FinetuneSettings, key))]}
+    varied = [key for key, values in options.items() if len(values) > 1] or ["imbalance"]
+    return varied, [dict(zip(options, values)) for values in itertools.product(*options.values())]
+
+
+def candidate_label(candidate: Mapping[str, Any], varied: Sequence[str]) -> str:
+    """A candidate's name in the selection scores: its values of the varied keys, joined by '/'."""
+    return "/".join(str(candidate[key]) for key in varied)
 
 
 def finetune_stage(method: str, encoder_hparams: Mapping[str, Any], settings: Mapping[str, Any],
@@ -175,9 +187,10 @@ def finetune_stage(method: str, encoder_hparams: Mapping[str, Any], settings: Ma
     """Fine-tune a classifier on the split's training cells, stop early and set its abstention threshold on its
     validation cells; predict its validation and test cells.
 
-    When ``finetune.imbalance`` is a list, one model is trained per loss mode and the one with the best
-    ``annotator.validation_macro_f1`` on the validation cells is kept (a tie: the mode listed first); the choice and
-    the scores are logged and saved in the model (``config.selection`` in its manifest's meta).
+    When ``finetune.imbalance`` and/or ``finetune.augment`` is a list, one model is trained per combination
+    (``candidate_settings``) and the one with the best ``annotator.validation_macro_f1`` on the validation cells is
+    kept (a tie: the one listed first); the choice and the scores are logged and saved in the model
+    (``config.selection``, and ``selection`` in its manifest's meta, which ``selections.tsv`` reads).
 
     Only the split's cells are read from disk: training streams them ``buffer_cells`` rows at a time, the validation
     and test cells are predicted and written ``chunk_cells`` at a time (``store_settings``: the config's store block).
@@ -200,8 +213,9 @@ def finetune_stage(method: str, encoder_hparams: Mapping[str, Any], settings: Ma
                  else initial_encoder_state(encoder_kind, encoder_hparams, genes, settings["seed"]))
         validation = LabelledCells(store.view(store.rows_of(val)), labels[val].to_numpy())
         models, scores = {}, {}
-        for mode in imbalance_modes(settings):
-            mode_settings = {**settings, "imbalance": mode}
+        varied, candidates = candidate_settings(settings)
+        for candidate in candidates:
+            mode, mode_settings = candidate_label(candidate, varied), {**settings, **candidate}
             model = CellTypeAnnotator(genes, sorted(known), encoder_kind, encoder_settings,
                                       {"hidden_dims": settings["head_hidden_dims"], "dropout": settings["dropout"]},
                                       preprocessing=dict(preprocessing),
@@ -215,14 +229,15 @@ def finetune_stage(method: str, encoder_hparams: Mapping[str, Any], settings: Ma
                                   checkpoint_dir=checkpoints, pretrained_encoder_state=state, progress=PROGRESS,
                                   buffer_cells=store_settings["buffer_cells"])
             models[mode], scores[mode] = model, validation_macro_f1(model, validation)
-            log.info("%s on %s (imbalance %s): best epoch %s, validation macro F1 %.3f (training from epoch %s)",
-                     method, split, mode, history["best_epoch"], scores[mode], history["start_epoch"])
+            log.info("%s on %s (%s %s): best epoch %s, validation macro F1 %.3f (training from epoch %s)",
+                     method, split, "/".join(varied), mode, history["best_epoch"], scores[mode],
+                     history["start_epoch"])
         chosen = best_on_validation(scores)
         model = models[chosen]
-        model.config["selection"] = {"imbalance": chosen, "scores": scores}
+        model.config["selection"] = {**{key: model.config["finetune"][key] for key in varied}, "scores": scores}
         if len(scores) > 1:
-            log.info("%s on %s: chose imbalance %s on %d validation cells (macro F1 by mode: %s)", method, split,
-                     chosen, len(val), scores)
+            log.info("%s on %s: chose %s %s on %d validation cells (macro F1 by candidate: %s)", method, split,
+                     "/".join(varied), chosen, len(val), scores)
         model.calibrate_abstention(validation, known_abstention)
         model.save(output_model)
         for ids, output in ((all_val, output_validation), (test, output_predictions)):

@@ -1,4 +1,10 @@
-"""Supervised fine-tuning of an encoder plus an scBalance-style classifier head, with resumable checkpoints."""
+"""Supervised fine-tuning of an encoder plus an scBalance-style classifier head, with resumable checkpoints.
+
+Optional on-the-fly augmentation (``FinetuneSettings.augment``, after scTab): each training cell of a mini-batch is,
+with that probability, mixed with a random other cell of the same type in the same mini-batch and given Gaussian
+noise on its detected genes (log1p scale). Partners come from the mini-batch so that the streamed and in-memory data
+paths, which yield the same batches, stay identical and no extra rows are read from disk.
+"""
 
 from __future__ import annotations
 
@@ -25,6 +31,8 @@ from sclabel.store import DEFAULT_BUFFER_CELLS, row_blocks
 log = logging.getLogger(__name__)
 IMBALANCE_MODES = ("sampler", "weighted_loss", "none")
 CHECKPOINT_NAME = "last.pt"
+AUGMENT_STREAM = 1  # the augmentation's random stream is SeedSequence((seed, AUGMENT_STREAM)), apart from the sampler's
+MAX_MIX_WEIGHT = 0.5  # a mixed cell keeps at least half of its own profile
 EpochCallback = Callable[[int, dict], None]
 
 
@@ -42,10 +50,14 @@ class FinetuneSettings:
     freeze_encoder: bool = False
     grad_accum_steps: int = 1
     precision: str = "fp32"
+    augment: float = 0.0
+    augment_noise: float = 0.1
 
     def __post_init__(self) -> None:
         if min(self.epochs, self.batch_size, self.patience, self.grad_accum_steps) < 1:
             raise ValueError("epochs, batch_size, patience and grad_accum_steps must all be at least 1")
+        if not 0.0 <= self.augment <= 1.0 or self.augment_noise < 0.0:
+            raise ValueError("augment must be a probability in [0, 1] and augment_noise at least 0")
         if self.imbalance not in IMBALANCE_MODES:
             raise ValueError(f"imbalance {self.imbalance!r} is not one of {', '.join(IMBALANCE_MODES)}")
         if self.precision not in PRECISIONS:
@@ -95,6 +107,36 @@ def epoch_order(y: np.ndarray, n_classes: int, imbalance: str, generator: torch.
     return torch.randperm(len(y), generator=generator).numpy()
 
 
+def augment_generator(seed: int) -> torch.Generator:
+    """The augmentation's own seeded CPU generator (its draws never shift the sampler's)."""
+    state = np.random.SeedSequence((seed, AUGMENT_STREAM)).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator().manual_seed(int(state))
+
+
+def same_type_partners(codes: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """For each cell, the position of a uniformly drawn other cell of its class in the batch (itself if alone)."""
+    n = len(codes)
+    draws = torch.rand((n, n), generator=generator).to(codes.device)
+    eligible = (codes[:, None] == codes[None, :]) & ~torch.eye(n, dtype=torch.bool, device=codes.device)
+    draws = torch.where(eligible, draws, torch.full_like(draws, -1.0))
+    best = draws.argmax(dim=1)
+    return torch.where(eligible.any(dim=1), best, torch.arange(n, device=codes.device))
+
+
+def augment_batch(x: torch.Tensor, codes: torch.Tensor, probability: float, noise: float,
+                  generator: torch.Generator) -> torch.Tensor:
+    """Each cell, with ``probability``: (1 - w) * itself + w * a same-type batch mate (w ~ U(0, MAX_MIX_WEIGHT)),
+    plus N(0, ``noise``^2) on its detected genes, clipped at 0; the other cells are returned unchanged."""
+    n = len(codes)
+    chosen = (torch.rand(n, generator=generator) < probability).to(x.device)
+    partners = same_type_partners(codes, generator)
+    weight = (torch.rand(n, generator=generator) * MAX_MIX_WEIGHT).to(x.device, x.dtype)[:, None]
+    mixed = (1.0 - weight) * x + weight * x[partners]
+    jitter = noise * torch.randn(x.shape, generator=generator).to(x.device, x.dtype)
+    noisy = (mixed + jitter * (mixed > 0)).clamp_min(0.0)
+    return torch.where(chosen[:, None], noisy, x)
+
+
 def _optimizer(encoder: nn.Module, head: nn.Module, settings: FinetuneSettings) -> torch.optim.AdamW:
     """AdamW over the head and, unless frozen, the encoder (with its own learning rate when set)."""
     groups = [{"params": list(head.parameters()), "lr": settings.lr}]
@@ -116,17 +158,22 @@ def _new_progress() -> dict:
 
 def _train_epoch(encoder: nn.Module, head: nn.Module, X: Matrix, y: np.ndarray, order: np.ndarray,
                  optimizer: torch.optim.Optimizer, loss_fn: nn.Module, settings: FinetuneSettings,
-                 device: torch.device, buffer_cells: int = DEFAULT_BUFFER_CELLS) -> float:
-    """One pass over ``order`` with gradient accumulation; mean batch loss. Rows are read ``buffer_cells`` at a time."""
+                 device: torch.device, buffer_cells: int = DEFAULT_BUFFER_CELLS,
+                 augment_rng: torch.Generator | None = None) -> float:
+    """One pass over ``order`` with gradient accumulation (and augmentation when ``settings.augment`` > 0); mean
+    batch loss. Rows are read ``buffer_cells`` at a time."""
     encoder.train(not settings.freeze_encoder)
     head.train()
     batches = list(iterate_minibatches(order, settings.batch_size))
     optimizer.zero_grad()
     total = torch.zeros((), dtype=torch.float64, device=device)  # summed on the device: no sync per batch
     for i, (rows, block) in enumerate(row_blocks(X, batches, buffer_cells), start=1):
+        x, codes = dense_tensor(block, device), torch.from_numpy(y[rows]).to(device)
+        if settings.augment > 0:
+            x = augment_batch(x, codes, settings.augment, settings.augment_noise, augment_rng)
         with autocast(device, settings.precision):
-            logits = head(encoder(dense_tensor(block, device)))
-        loss = loss_fn(logits.float(), torch.from_numpy(y[rows]).to(device))
+            logits = head(encoder(x))
+        loss = loss_fn(logits.float(), codes)
         (loss / settings.grad_accum_steps).backward()
         if i % settings.grad_accum_steps == 0 or i == len(batches):
             optimizer.step()
@@ -174,10 +221,12 @@ def _record_epoch(progress: dict, epoch: int, train_loss: float, scores: dict[st
 
 
 def _save_checkpoint(path: Path, progress: dict, encoder: nn.Module, head: nn.Module,
-                     optimizer: torch.optim.Optimizer, generator: torch.Generator, run_key: dict) -> None:
+                     optimizer: torch.optim.Optimizer, generator: torch.Generator, augment_rng: torch.Generator,
+                     run_key: dict) -> None:
     """Atomically write everything needed to continue training bit-for-bit."""
     checkpoint = {**progress, "run": run_key, "encoder": _state_copy(encoder), "head": _state_copy(head),
                   "optimizer": optimizer.state_dict(), "sampler_rng": generator.get_state(),
+                  "augment_rng": augment_rng.get_state(),
                   "torch_rng": torch.get_rng_state(),
                   "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
     with atomic_path(path) as tmp:
@@ -185,7 +234,7 @@ def _save_checkpoint(path: Path, progress: dict, encoder: nn.Module, head: nn.Mo
 
 
 def _load_checkpoint(path: Path, encoder: nn.Module, head: nn.Module, optimizer: torch.optim.Optimizer,
-                     generator: torch.Generator, run_key: dict) -> dict:
+                     generator: torch.Generator, augment_rng: torch.Generator, run_key: dict) -> dict:
     """Restore model, optimizer and RNG states from ``path``; returns the saved progress."""
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     if checkpoint["run"] != run_key:
@@ -195,6 +244,7 @@ def _load_checkpoint(path: Path, encoder: nn.Module, head: nn.Module, optimizer:
     head.load_state_dict(checkpoint["head"])
     optimizer.load_state_dict(checkpoint["optimizer"])
     generator.set_state(checkpoint["sampler_rng"])
+    augment_rng.set_state(checkpoint["augment_rng"])
     torch.set_rng_state(checkpoint["torch_rng"])
     if checkpoint["cuda_rng"]:
         torch.cuda.set_rng_state_all(checkpoint["cuda_rng"])
@@ -222,13 +272,14 @@ def fit_classifier(encoder: nn.Module, head: nn.Module, X_train: Matrix, y_train
     n_classes = head.n_classes
     optimizer = _optimizer(encoder, head, settings)
     generator = torch.Generator().manual_seed(seed)
+    augment_rng = augment_generator(seed)
     weights = class_weights(y_train, n_classes).to(device) if settings.imbalance == "weighted_loss" else None
     loss_fn = nn.CrossEntropyLoss(weight=weights)
     model = nn.Sequential(encoder, head)
     run_key = {"settings": asdict(settings), "seed": seed, "n_train": len(y_train), "n_val": len(y_val)}
     checkpoint = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
     resume = checkpoint is not None and checkpoint.is_file()
-    progress_state = (_load_checkpoint(checkpoint, encoder, head, optimizer, generator, run_key) if resume
+    progress_state = (_load_checkpoint(checkpoint, encoder, head, optimizer, generator, augment_rng, run_key) if resume
                       else _new_progress())
     start_epoch = progress_state["epoch"] + 1
     epochs = range(start_epoch, settings.epochs + 1) if not progress_state["finished"] else range(0)
@@ -236,14 +287,15 @@ def fit_classifier(encoder: nn.Module, head: nn.Module, X_train: Matrix, y_train
         order = epoch_order(y_train, n_classes, settings.imbalance, generator)
         started = time.perf_counter()
         train_loss = _train_epoch(encoder, head, X_train, y_train, order, optimizer, loss_fn, settings, device,
-                                  buffer_cells)
+                                  buffer_cells, augment_rng)
         cells_per_s = len(order) / max(time.perf_counter() - started, 1e-9)
         scores = evaluate(model, X_val, y_val, settings.batch_size, buffer_cells)
         log.info("epoch %d: train loss %.4f, val loss %.4f, val macro F1 %.4f, %.0f training cells/s", epoch,
                  train_loss, scores["val_loss"], scores["val_macro_f1"], cells_per_s)
         _record_epoch(progress_state, epoch, train_loss, scores, encoder, head, settings)
         if checkpoint is not None:
-            _save_checkpoint(checkpoint, progress_state, encoder, head, optimizer, generator, run_key)
+            _save_checkpoint(checkpoint, progress_state, encoder, head, optimizer, generator, augment_rng,
+                             run_key)
         if on_epoch_end is not None:
             on_epoch_end(epoch, copy.deepcopy(progress_state["history"]))
         if progress_state["finished"]:

@@ -2,7 +2,7 @@
 
 Every score is higher for a cell less like the training cells. The distance scores compare L2-normalised
 embeddings with the cosine distance (1 - cosine similarity, in [0, 2]) to a bounded, class-balanced reference
-sample of the training cells' embeddings.
+sample of the training cells' embeddings. A deep ensemble's members' disagreement is their mutual information.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ import numpy as np
 import torch
 from scipy.optimize import minimize_scalar
 
-REJECTIONS = ("max_softmax", "energy", "knn_distance", "centroid_distance")
+REJECTIONS = ("max_softmax", "energy", "knn_distance", "centroid_distance", "ensemble_mi")
+ENSEMBLE_REJECTIONS = ("ensemble_mi",)  # scores only a deep ensemble (finetune.n_seeds > 1) gives
 DEFAULT_REJECTION = "centroid_distance"
 MIN_TEMPERATURE, MAX_TEMPERATURE = 0.05, 100.0
 QUERY_CHUNK = 1024  # query cells per distance block: a QUERY_CHUNK x reference-cells float32 matrix at a time
@@ -102,3 +103,24 @@ def class_centroids(reference: np.ndarray, codes: np.ndarray, n_classes: int) ->
 def centroid_distance(queries: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     """Cosine distance of each query embedding to the nearest class centroid."""
     return (1.0 - l2_normalised(queries) @ centroids.T).min(axis=1)
+
+
+def entropy(probabilities: np.ndarray) -> np.ndarray:
+    """Shannon entropy (nats) over the last axis, 0 log 0 taken as 0."""
+    p = np.asarray(probabilities, dtype=np.float64)
+    return -np.sum(p * np.log(np.where(p > 0, p, 1.0)), axis=-1)
+
+
+def mutual_information(member_probabilities: np.ndarray) -> np.ndarray:
+    """BALD disagreement of ensemble members [cells, members, classes]: entropy of the mean probability minus the
+    mean entropy of the members (>= 0; 0 when every member gives the same probabilities)."""
+    mean_entropy = entropy(member_probabilities).mean(axis=1)
+    return np.maximum(entropy(member_probabilities.mean(axis=1)) - mean_entropy, 0.0)
+
+
+def joint_embedding(member_embeddings: np.ndarray) -> np.ndarray:
+    """Members' embeddings [cells, members, dim] as one [cells, members * dim]: each member's unit-length, side by
+    side, scaled by 1/sqrt(members). Unit length, and its cosine similarity is the mean of the members'."""
+    cells, members, dim = member_embeddings.shape
+    unit = l2_normalised(member_embeddings.reshape(cells * members, dim)).reshape(cells, members * dim)
+    return unit / np.float32(np.sqrt(members))
