@@ -18,7 +18,8 @@ from tqdm.auto import tqdm
 
 from sclabel.errors import InputError
 from sclabel.io import atomic_path
-from sclabel.nn.encoders import Matrix, dense_tensor, iterate_minibatches, pick_device, predict_batches, seed_everything
+from sclabel.nn.encoders import (Matrix, dense_tensor, iterate_minibatches, penalty, pick_device, predict_batches,
+                                 seed_everything)
 from sclabel.store import DEFAULT_BUFFER_CELLS, row_blocks
 
 log = logging.getLogger(__name__)
@@ -113,14 +114,16 @@ def _new_progress() -> dict:
 def _train_epoch(encoder: nn.Module, head: nn.Module, X: Matrix, y: np.ndarray, order: np.ndarray,
                  optimizer: torch.optim.Optimizer, loss_fn: nn.Module, settings: FinetuneSettings,
                  device: torch.device, buffer_cells: int = DEFAULT_BUFFER_CELLS) -> float:
-    """One pass over ``order`` with gradient accumulation; mean batch loss. Rows are read ``buffer_cells`` at a time."""
+    """One pass over ``order`` with gradient accumulation; mean batch loss (with the encoder's ``penalty``). Rows are
+    read ``buffer_cells`` at a time."""
     encoder.train(not settings.freeze_encoder)
     head.train()
     batches = list(iterate_minibatches(order, settings.batch_size))
     optimizer.zero_grad()
     total = 0.0
     for i, (rows, block) in enumerate(row_blocks(X, batches, buffer_cells), start=1):
-        loss = loss_fn(head(encoder(dense_tensor(block, device))), torch.from_numpy(y[rows]).to(device))
+        logits = head(encoder(dense_tensor(block, device)))
+        loss = loss_fn(logits, torch.from_numpy(y[rows]).to(device)) + penalty(encoder)
         (loss / settings.grad_accum_steps).backward()
         if i % settings.grad_accum_steps == 0 or i == len(batches):
             optimizer.step()
