@@ -107,6 +107,8 @@ def test_attention_masks_rank_every_gene_per_predicted_type(pbmc, tmp_path):
     assert registry.get("tabnet").explains == "attention_masks"
     through_rule = neural_top_genes(str(tmp_path / "tabnet"), test, "test", registry.get("tabnet").explains)
     assert (through_rule["attribution"] == "attention_masks").all() and len(through_rule) == len(table)
+    top = set(through_rule[(through_rule["cell_type"] == "B") & (through_rule["rank"] <= 20)]["gene"])
+    assert top & {"CD79A", "CD79B", "MS4A1", "CD19"}  # B-cell markers
 
 
 def test_kmeans_pretraining_trains_the_tabnet_embedding(pbmc):

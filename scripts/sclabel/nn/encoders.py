@@ -100,7 +100,7 @@ def penalty(encoder: nn.Module) -> torch.Tensor | float:
 
 
 def build_encoder(kind: str, n_genes: int, hparams: dict) -> nn.Module:
-    """Build the encoder named ``kind`` ("mlp", "transformer" or "tabnet") for ``n_genes`` inputs."""
+    """Build the encoder named ``kind`` (one of ``registry.ENCODERS``) for ``n_genes`` inputs."""
     if kind == "mlp":
         return MLPEncoder(n_genes=n_genes, **hparams)
     if kind == "transformer":
