@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import anndata as ad
 import numpy as np
 import pytest
 import torch
+import yaml
 from sklearn.metrics import cohen_kappa_score
 from sklearn.model_selection import train_test_split
 
@@ -18,6 +21,7 @@ from sclabel.nn.finetune import FinetuneSettings
 from sclabel.nn.kmeans_pretrain import pretrain_kmeans
 from sclabel.nn.tabnet import GhostBatchNorm, TabNetEncoder, sparsemax
 
+SCHEMA = Path(__file__).resolve().parents[1] / "workflow/schemas/config.schema.yaml"
 HPARAMS = {"n_d": 8, "n_a": 8, "n_steps": 3, "virtual_batch_size": 32}
 SETTINGS = FinetuneSettings(epochs=12, batch_size=64, patience=4, lr=0.02)
 
@@ -55,6 +59,11 @@ def test_forward_shapes_masks_per_step_and_sparsity_penalty():
     encoder.eval()
     importance = encoder.mask_importance(x)
     assert importance.shape == (64, 30) and torch.allclose(importance.sum(1), torch.ones(64), atol=1e-5)
+
+
+def test_config_defaults_are_the_encoders():
+    properties = yaml.safe_load(SCHEMA.read_text())["properties"]["encoder"]["properties"]["tabnet"]["properties"]
+    assert {key: spec["default"] for key, spec in properties.items()} == TabNetEncoder(10).hparams
 
 
 @pytest.fixture(scope="module")
