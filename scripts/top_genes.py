@@ -1,4 +1,5 @@
-"""Snakemake step: rank genes per cell type for one method (attention, gradient × input, coefficients or Wilcoxon)."""
+"""Snakemake step: rank genes per cell type for one method (attention, attention masks, gradient × input,
+coefficients or Wilcoxon)."""
 
 import torch
 

@@ -38,8 +38,8 @@ def test_every_registered_method_has_an_env_file_and_a_settings_block_in_the_sch
 
 def test_neural_methods_are_every_allowed_pretraining_and_encoder_pair():
     pairs = {(m.pretrain, m.encoder) for m in registry.METHODS.values() if m.family == "neural"}
-    assert pairs == {(None, "mlp"), (None, "transformer"), ("kmeans", "mlp"), ("kmeans", "transformer"),
-                     ("masked_bins", "transformer")}
+    assert pairs == {(None, "mlp"), (None, "transformer"), (None, "tabnet"), ("kmeans", "mlp"),
+                     ("kmeans", "transformer"), ("kmeans", "tabnet"), ("masked_bins", "transformer")}
 
 
 def test_unknown_method_is_one_line_with_the_known_names():

@@ -54,18 +54,17 @@ def linear_top_genes(model_dir: str) -> pd.DataFrame:
     return load_annotator(model_dir).top_genes().assign(attribution="coefficient")
 
 
-def neural_top_genes(model_dir: str, adata: ad.AnnData, source: str) -> pd.DataFrame:
-    """Attention (transformer) or gradient × input (MLP) averaged over the cells the model predicts as each type."""
-    from sclabel.interpret import attention_top_genes, gradient_top_genes
+def neural_top_genes(model_dir: str, adata: ad.AnnData, source: str, explains: str) -> pd.DataFrame:
+    """The attribution ``explains`` names (attention, attention masks, gradient × input) averaged over the cells the
+    model predicts as each type."""
+    from sclabel.interpret import ATTRIBUTIONS
     from sclabel.qc import align_genes
     from sclabel.model import CellTypeAnnotator
 
     model = CellTypeAnnotator.load(model_dir)
     X, _ = align_genes(adata, model.genes, min_overlap=1.0, source=source)
     predicted, _ = model.predict(X)
-    if model.encoder_kind == "transformer":
-        return attention_top_genes(model, X, predicted, progress=False).assign(attribution="attention")
-    return gradient_top_genes(model, X, predicted, progress=False).assign(attribution="gradient_x_input")
+    return ATTRIBUTIONS[explains](model, X, predicted, progress=False).assign(attribution=explains)
 
 
 def top_genes_stage(method: str, seed: int, input_h5ad: str, model_dir: str | None, output: str,
@@ -81,7 +80,7 @@ def top_genes_stage(method: str, seed: int, input_h5ad: str, model_dir: str | No
         ranking = linear_top_genes(model_dir)
     else:
         adata, _ = labelled_sample(input_h5ad, max_cells_per_type, seed)
-        ranking = neural_top_genes(model_dir, adata, input_h5ad)
+        ranking = neural_top_genes(model_dir, adata, input_h5ad, registry.get(method).explains)
     table = ranking.assign(method=method)[TOP_GENE_COLUMNS]
     log.info("%s: top genes per type\n%s", method,
              table[table["rank"] <= 5].groupby("cell_type")["gene"].apply(", ".join).to_string())

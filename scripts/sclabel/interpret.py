@@ -1,6 +1,6 @@
 """Which genes drive each predicted cell type, and how many known markers those genes recover.
 
-Three gene rankings, all returned as the same tidy table (``sclabel.ranking.RANK_COLUMNS``: ``cell_type, gene, score, rank``,
+Four gene rankings, all returned as the same tidy table (``sclabel.ranking.RANK_COLUMNS``: ``cell_type, gene, score, rank``,
 rank 1 = highest score within the cell type, ties broken by gene order):
 
 * ``attention_top_genes`` (transformer encoders; scBERT's attention sum): per cell, the attention each gene
@@ -12,6 +12,9 @@ rank 1 = highest score within the cell type, ties broken by gene order):
   when the gene is set to 0). Binning makes the transformer's logit piecewise constant in expression, so there
   the input is each gene's bin embedding and the baseline the embedding of bin 0 (not detected): the score is
   ``grad · (bin_embedding[bin] - bin_embedding[0])``, the same first-order estimate, 0 for undetected genes.
+* ``mask_top_genes`` (TabNet encoders; the paper's aggregate feature importance): per cell, the sparsemax masks
+  summed over decision steps, each weighted by its step's decision contribution (``TabNetEncoder.mask_importance``,
+  summing to 1 per cell), averaged over the cells predicted as each type.
 * ``sclabel.ranking.coefficient_top_genes`` (linear baselines, torch-free so the baselines' env ranks its own
   models): logistic-regression coefficients per class, ``MaxAbsScaler`` folded in.
 
@@ -38,6 +41,7 @@ from tqdm.auto import tqdm
 from sclabel.errors import InputError
 from sclabel.model import UNASSIGNED, CellTypeAnnotator
 from sclabel.nn.encoders import Matrix, dense_batch, iterate_minibatches
+from sclabel.nn.tabnet import TabNetEncoder
 from sclabel.nn.transformer import GeneTransformerEncoder
 from sclabel.ranking import rank_table
 
@@ -95,6 +99,16 @@ def attention_top_genes(model: CellTypeAnnotator, X: Matrix, predicted: Sequence
                           "attention", progress)
 
 
+def mask_top_genes(model: CellTypeAnnotator, X: Matrix, predicted: Sequence[str], batch_size: int = 256,
+                   progress: bool = True) -> pd.DataFrame:
+    """Mean aggregated attention-mask importance of each gene over the cells predicted as each type (TabNet only)."""
+    if not isinstance(model.encoder, TabNetEncoder):
+        raise ValueError(f"attention masks need a tabnet encoder, this model's is {model.encoder_kind!r}; "
+                         "use gradient_top_genes instead")
+    return _mean_per_type(model, X, predicted, batch_size, lambda x, codes: model.encoder.mask_importance(x),
+                          "attention masks", progress)
+
+
 @contextlib.contextmanager
 def _output_as_leaf(module: nn.Module) -> Iterator[list[Tensor]]:
     """While active, ``module``'s outputs are replaced by detached leaves (appended to the yielded list)."""
@@ -130,6 +144,11 @@ def gradient_top_genes(model: CellTypeAnnotator, X: Matrix, predicted: Sequence[
     """Mean gradient × input of the predicted-class logit over the cells predicted as each type (any encoder)."""
     return _mean_per_type(model, X, predicted, batch_size, lambda x, codes: _gradient_times_input(model, x, codes),
                           "gradient x input", progress)
+
+
+# registry.Method.explains -> the neural attribution that gives it
+ATTRIBUTIONS = {"attention": attention_top_genes, "gradient_x_input": gradient_top_genes,
+                "attention_masks": mask_top_genes}
 
 
 def load_marker_table(path: str | os.PathLike[str], species: str = "Hs",

@@ -34,7 +34,11 @@ ENCODER_TEXT = {
     "mlp": "scBalance-style classifier (batch norm, ELU, dropout 0.5) on a genes -> 200-d encoder",
     "transformer": "scBERT-style transformer over genes (expression bins + gene-identity embedding, FAVOR+ linear "
                    "attention)",
+    "tabnet": "TabNet-style encoder (sequential sparsemax attention masks over genes, shared + step GLU feature "
+              "transformers, mask-sparsity penalty) + scBalance-style head",
 }
+# how each encoder ranks genes per cell type (interpret.py); encoders not listed: gradient x input
+ENCODER_EXPLAINS = {"transformer": "attention", "tabnet": "attention_masks"}
 # how each method leaves a cell unassigned (methods.tsv's rejection_rule); the peers' own rules are in their entries
 THRESHOLD_REJECTION = ("rejection score above the threshold that leaves at most abstention.known_rate (5%) "
                        "of validation cells unassigned")
@@ -85,7 +89,7 @@ def _embedding_baseline(name: str, description: str, at_scale: str) -> Method:
 
 def _neural(pretrain: str | None, encoder: str) -> Method:
     name = f"{pretrain}+{encoder}" if pretrain else encoder
-    explains = "attention" if encoder == "transformer" else "gradient_x_input"
+    explains = ENCODER_EXPLAINS.get(encoder, "gradient_x_input")
     return Method(name, "neural", "sclabel.model:CellTypeAnnotator", "torch", "finetune",
                   f"{ENCODER_TEXT[encoder]}, {PRETRAINING_TEXT[pretrain]}", threads="finetune.threads", gpu=True,
                   pretrain=pretrain, encoder=encoder, explains=explains,
@@ -114,7 +118,7 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     _baseline("majority", "predicts the commonest training type (control)", family="control"),
     _baseline("random", "draws types in training proportions (control)", family="control"),
     *[_neural(pretrain, encoder) for pretrain in (None, *PRETRAINING) for encoder in ENCODERS
-      if not (pretrain == "masked_bins" and encoder == "mlp")],
+      if not (pretrain == "masked_bins" and encoder != "transformer")],  # masked bins: transformer tokens only
     Method("celltypist", "peer", "sclabel.peers:CelltypistAnnotator", "celltypist", "peers.celltypist",
            "CellTypist 1.7.1 at its defaults, logistic regression (one-vs-rest, its own solver choice) on scaled log "
            "expression", threads="peers.threads",

@@ -7,7 +7,7 @@ rule pretrain:
         history="results/pretrain/{pretrain}+{encoder}/{split}/history.json",
     wildcard_constraints:
         pretrain="kmeans|masked_bins",
-        encoder="mlp|transformer",
+        encoder="|".join(registry.ENCODERS),
     params:
         encoder_hparams=lambda wildcards: config["encoder"][wildcards.encoder],
         settings={**config["pretrain"], "device": torch_device("pretrain")},

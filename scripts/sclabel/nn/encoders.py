@@ -116,12 +116,21 @@ class MLPEncoder(nn.Module):
         return self.net(x)
 
 
+def penalty(encoder: nn.Module) -> torch.Tensor | float:
+    """The term the encoder's last forward pass adds to the training loss (TabNet's mask sparsity; 0 for others)."""
+    return getattr(encoder, "penalty", 0.0)
+
+
 def build_encoder(kind: str, n_genes: int, hparams: dict) -> nn.Module:
-    """Build the encoder named ``kind`` ("mlp" or "transformer") for ``n_genes`` inputs."""
+    """Build the encoder named ``kind`` (one of ``registry.ENCODERS``) for ``n_genes`` inputs."""
     if kind == "mlp":
         return MLPEncoder(n_genes=n_genes, **hparams)
     if kind == "transformer":
         from sclabel.nn.transformer import GeneTransformerEncoder
 
         return GeneTransformerEncoder(n_genes=n_genes, **hparams)
-    raise ValueError(f"encoder kind {kind!r} is not one of mlp, transformer")
+    if kind == "tabnet":
+        from sclabel.nn.tabnet import TabNetEncoder
+
+        return TabNetEncoder(n_genes=n_genes, **hparams)
+    raise ValueError(f"encoder kind {kind!r} is not one of mlp, transformer, tabnet")

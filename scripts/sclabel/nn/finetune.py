@@ -24,8 +24,8 @@ from tqdm.auto import tqdm
 
 from sclabel.errors import InputError
 from sclabel.io import atomic_path
-from sclabel.nn.encoders import (PRECISIONS, Matrix, autocast, dense_tensor, iterate_minibatches, pick_device,
-                                 predict_batches, seed_everything)
+from sclabel.nn.encoders import (PRECISIONS, Matrix, autocast, dense_tensor, iterate_minibatches, penalty,
+                                 pick_device, predict_batches, seed_everything)
 from sclabel.store import DEFAULT_BUFFER_CELLS, row_blocks
 
 log = logging.getLogger(__name__)
@@ -161,7 +161,7 @@ def _train_epoch(encoder: nn.Module, head: nn.Module, X: Matrix, y: np.ndarray, 
                  device: torch.device, buffer_cells: int = DEFAULT_BUFFER_CELLS,
                  augment_rng: torch.Generator | None = None) -> float:
     """One pass over ``order`` with gradient accumulation (and augmentation when ``settings.augment`` > 0); mean
-    batch loss. Rows are read ``buffer_cells`` at a time."""
+    batch loss (with the encoder's ``penalty``). Rows are read ``buffer_cells`` at a time."""
     encoder.train(not settings.freeze_encoder)
     head.train()
     batches = list(iterate_minibatches(order, settings.batch_size))
@@ -173,7 +173,7 @@ def _train_epoch(encoder: nn.Module, head: nn.Module, X: Matrix, y: np.ndarray, 
             x = augment_batch(x, codes, settings.augment, settings.augment_noise, augment_rng)
         with autocast(device, settings.precision):
             logits = head(encoder(x))
-        loss = loss_fn(logits.float(), codes)
+        loss = loss_fn(logits.float(), codes) + penalty(encoder)
         (loss / settings.grad_accum_steps).backward()
         if i % settings.grad_accum_steps == 0 or i == len(batches):
             optimizer.step()

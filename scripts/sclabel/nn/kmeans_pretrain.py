@@ -14,7 +14,7 @@ from sklearn.decomposition import PCA
 from torch import nn
 from tqdm.auto import tqdm
 
-from sclabel.nn.encoders import dense_tensor, pick_device, predict_batches, seed_everything
+from sclabel.nn.encoders import dense_tensor, penalty, pick_device, predict_batches, seed_everything
 from sclabel.store import DEFAULT_BUFFER_CELLS, DEFAULT_CHUNK_CELLS, Matrix, in_memory, row_blocks, row_chunks
 
 DEFAULT_CLUSTER_SIZES = (50, 100, 200)
@@ -159,8 +159,9 @@ def _train_round(datasets: dict[str, Matrix], encoder: nn.Module, labels: dict[s
             for name, stream in streams.items():
                 rows, block = next(stream)
                 z = encoder(dense_tensor(block, device))
-                losses[name] = sum(nn.functional.cross_entropy(head(z), torch.from_numpy(y[rows]).to(device))
-                                   for head, y in zip(heads[name], labels[name].values()))
+                losses[name] = penalty(encoder) + sum(
+                    nn.functional.cross_entropy(head(z), torch.from_numpy(y[rows]).to(device))
+                    for head, y in zip(heads[name], labels[name].values()))
             optimizer.zero_grad()
             sum(losses.values()).backward()
             optimizer.step()
