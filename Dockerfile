@@ -2,7 +2,7 @@
 # writes it; regenerate it whenever an env file changes (tests/test_deployment.py checks the two agree).
 FROM condaforge/miniforge3:latest
 LABEL io.github.snakemake.containerized="true"
-LABEL io.github.snakemake.conda_env_hash="cc6b4b90dfa5a760553a80159129bf8036f1db28bb721c812fa4512d2a8073d7"
+LABEL io.github.snakemake.conda_env_hash="d6ed7e5031dccbed7021fb7657b1ab692b9621828334615c9189b3b0f0d909e3"
 # Conda environment:
 #   source: envs/celltypist.yaml
 #   prefix: /conda-envs/ef7f745077425d29fa15dadad7fe453f
@@ -54,7 +54,7 @@ RUN mkdir -p /conda-envs/38c90e8525018e702d515a63c2558bcc
 COPY envs/data.yaml /conda-envs/38c90e8525018e702d515a63c2558bcc/environment.yaml
 # Conda environment:
 #   source: envs/interpret.yaml
-#   prefix: /conda-envs/c6bd7afb35b36b1c8534e8c7a06d77ab
+#   prefix: /conda-envs/79d56f57ded358df699d2a89bf20d356
 #   # interpretation: top genes, enrichment, differential expression, marker recall
 #   channels:
 #     - conda-forge
@@ -77,8 +77,9 @@ COPY envs/data.yaml /conda-envs/38c90e8525018e702d515a63c2558bcc/environment.yam
 #     - pip:
 #         - torch==2.13.0
 #         - skops==0.16.0  # reads the linear baselines' saved models
-RUN mkdir -p /conda-envs/c6bd7afb35b36b1c8534e8c7a06d77ab
-COPY envs/interpret.yaml /conda-envs/c6bd7afb35b36b1c8534e8c7a06d77ab/environment.yaml
+#         - shap==0.51.0  # interpret.attribution: shap
+RUN mkdir -p /conda-envs/79d56f57ded358df699d2a89bf20d356
+COPY envs/interpret.yaml /conda-envs/79d56f57ded358df699d2a89bf20d356/environment.yaml
 # Conda environment:
 #   source: envs/report.yaml
 #   prefix: /conda-envs/14ef36bd051104cab391e532795ca9b8
@@ -178,7 +179,7 @@ COPY envs/torch.yaml /conda-envs/1ed51a786132b2f5bac90e8badac761e/environment.ya
 
 RUN conda env create --prefix /conda-envs/ef7f745077425d29fa15dadad7fe453f --file /conda-envs/ef7f745077425d29fa15dadad7fe453f/environment.yaml && \
     conda env create --prefix /conda-envs/38c90e8525018e702d515a63c2558bcc --file /conda-envs/38c90e8525018e702d515a63c2558bcc/environment.yaml && \
-    conda env create --prefix /conda-envs/c6bd7afb35b36b1c8534e8c7a06d77ab --file /conda-envs/c6bd7afb35b36b1c8534e8c7a06d77ab/environment.yaml && \
+    conda env create --prefix /conda-envs/79d56f57ded358df699d2a89bf20d356 --file /conda-envs/79d56f57ded358df699d2a89bf20d356/environment.yaml && \
     conda env create --prefix /conda-envs/14ef36bd051104cab391e532795ca9b8 --file /conda-envs/14ef36bd051104cab391e532795ca9b8/environment.yaml && \
     conda env create --prefix /conda-envs/3ebb9eac8e698a4f87d7c940780d0f7e --file /conda-envs/3ebb9eac8e698a4f87d7c940780d0f7e/environment.yaml && \
     conda env create --prefix /conda-envs/8bad5c1428553d38ce4b63bf87f48160 --file /conda-envs/8bad5c1428553d38ce4b63bf87f48160/environment.yaml && \
