@@ -55,7 +55,7 @@ def test_neural_shap_gives_one_finite_ranking_per_predicted_type(encoder: str) -
     hparams = {"dim": 8, "depth": 1, "heads": 2, "nb_features": 8} if encoder == "transformer" else {}
     model = CellTypeAnnotator(GENES, LABELS, encoder, hparams, {"hidden_dims": [8]})
     cells = X[::15]  # 12 cells, 4 of each type
-    table = shap_attribution.neural_shap_top_genes(model, cells, X[1::9], seed=0)
+    table = shap_attribution.neural_shap_top_genes(model, cells, X[1::9], seed=0, samples=50)
     predicted = np.asarray(model.labels)[model.logits(cells).argmax(axis=1)]
     assert set(table["cell_type"]) == set(predicted)
     assert (table.groupby("cell_type")["gene"].nunique() == len(GENES)).all()

@@ -28,7 +28,7 @@ from sclabel.store import DEFAULT_CHUNK_CELLS, CellStore
 log = logging.getLogger("sclabel")
 TOP_GENE_COLUMNS = ["method", "attribution", "cell_type", "gene", "score", "rank"]
 DEFAULT_MAX_CELLS_PER_TYPE = 2_000
-DEFAULT_SHAP_BACKGROUND = 100
+SHAP_DEFAULTS = {"background_cells": 100, "max_cells_per_type": 200, "samples": 200}  # interpret.shap
 
 
 def labelled_data(input_h5ad: str) -> tuple[ad.AnnData, pd.Series]:
@@ -109,21 +109,28 @@ def training_background(input_h5ad: str, splits_file: str, n_cells: int, seed: i
 
 
 def shap_top_genes_stage(method: str, seed: int, input_h5ad: str, splits_file: str, model_dir: str, output: str,
-                         max_cells_per_type: int = DEFAULT_MAX_CELLS_PER_TYPE,
-                         background_cells: int = DEFAULT_SHAP_BACKGROUND) -> None:
-    """Rank genes per predicted type by mean SHAP value (``sclabel.shap_attribution``) of a method's final model."""
+                         settings: Mapping[str, int] | None = None) -> None:
+    """Rank genes per predicted type by mean SHAP value (``sclabel.shap_attribution``) of a method's final model.
+
+    ``settings`` (``interpret.shap``; missing keys take ``SHAP_DEFAULTS``): ``background_cells``,
+    ``max_cells_per_type`` (the explained sample) and ``samples`` (neural methods' expected-gradient draws per cell).
+    """
     from sclabel.annotator import load_annotator
     from sclabel.qc import align_genes
     from sclabel.shap_attribution import linear_shap_top_genes, neural_shap_top_genes
 
+    settings = {**SHAP_DEFAULTS, **(settings or {})}
     annotator = load_annotator(model_dir)
-    cells, _ = labelled_sample(input_h5ad, max_cells_per_type, seed)
-    background = training_background(input_h5ad, splits_file, background_cells, seed)
+    cells, _ = labelled_sample(input_h5ad, settings["max_cells_per_type"], seed)
+    background = training_background(input_h5ad, splits_file, settings["background_cells"], seed)
     X, X_background = (align_genes(data, annotator.genes, min_overlap=1.0, source=input_h5ad)[0]
                        for data in (cells, background))
     log.info("SHAP: %d explained cells, background of %d training cells", X.shape[0], X_background.shape[0])
-    explain = linear_shap_top_genes if registry.get(method).explains == "coefficients" else neural_shap_top_genes
-    write_ranking(explain(annotator, X, X_background, seed).assign(method=method, attribution="shap"), output)
+    if registry.get(method).explains == "coefficients":
+        ranking = linear_shap_top_genes(annotator, X, X_background)
+    else:
+        ranking = neural_shap_top_genes(annotator, X, X_background, seed, settings["samples"])
+    write_ranking(ranking.assign(method=method, attribution="shap"), output)
 
 
 def file_slug(name: str) -> str:

@@ -2,15 +2,18 @@
 
 Every explained cell gets, per gene, the SHAP value of its *predicted* class's logit (log-odds for the linear
 baselines) against a background of training cells; these are averaged, signed, over the cells predicted as each type
-and ranked (``sclabel.ranking.rank_table``: rank 1 = highest mean). The signed mean ranks first the genes whose
-expression pushes cells towards their type (the markers), as the native gradient × input does; a mean |SHAP| would
-rank as high the genes whose *absence* argues for the type (another type's markers, e.g. CD3E for B cells).
+and ranked (``sclabel.ranking.rank_table``: rank 1 = highest mean). Signed, as the native scores are: a high score
+means the gene pushes cells towards their type. Relative to the background (an average training cell), that is a
+marker expressed above the background, or another type's marker absent from the cell (for T_CD4 cells, low HLA-DRA
+or TYROBP: "not a monocyte"). A mean |SHAP| would also rank the genes that argue against the type; on Symphony's
+PBMCs (logreg) both recover about as many PanglaoDB markers (41 against 39 in the top 10, 106 each in the top 50,
+over 9 types), and only the signed mean says which way a gene points.
 
 * linear baselines (``linear_shap_top_genes``): ``shap.LinearExplainer`` on the coefficients per unit of log
   expression (``linear_coefficients``: MaxAbsScaler folded in), background as interventional masker, so a cell's
   value for gene g and class k is exactly ``coef[k, g] * (x_g - background mean_g)``.
-* neural methods (``neural_shap_top_genes``): ``shap.GradientExplainer`` (expected gradients: ``SHAP_SAMPLES``
-  background draws and interpolation points per cell) on the network's class logits. The MLP is explained on its
+* neural methods (``neural_shap_top_genes``): ``shap.GradientExplainer`` (expected gradients: ``samples``
+  background draws and interpolation points per cell, default 200) on the network's class logits. The MLP is explained on its
   input, the log expression. The transformer's logits are piecewise constant in expression (binning), so it is
   explained on its token states before the blocks (bin + gene embeddings, ``[cells, genes, dim]``), each gene's value
   summed over the embedding dimensions.
@@ -35,7 +38,6 @@ from sclabel.nn.encoders import Matrix, dense_batch
 from sclabel.nn.transformer import GeneTransformerEncoder
 from sclabel.ranking import linear_coefficients, rank_table
 
-SHAP_SAMPLES = 200  # GradientExplainer's background draws (and interpolation points) per explained cell
 CHUNK_CELLS = 256
 CellValues = Iterable[tuple[np.ndarray, np.ndarray]]  # per chunk: values [cells, genes], predicted class codes
 
@@ -69,8 +71,8 @@ def linear_shap_values(annotator: Annotator, X: Matrix, background: Matrix) -> I
         yield values[np.arange(len(codes)), :, codes], codes
 
 
-def linear_shap_top_genes(annotator: Annotator, X: Matrix, background: Matrix, seed: int = 0) -> pd.DataFrame:
-    """SHAP ranking of a linear baseline (``LinearExplainer``); ``seed`` is unused (the values are exact)."""
+def linear_shap_top_genes(annotator: Annotator, X: Matrix, background: Matrix) -> pd.DataFrame:
+    """SHAP ranking of a linear baseline (``LinearExplainer``, exact)."""
     return mean_per_predicted_type(linear_shap_values(annotator, X, background), annotator.classes, annotator.genes)
 
 
@@ -92,8 +94,8 @@ def explained_network(model: CellTypeAnnotator) -> tuple[nn.Module, nn.Module | 
     return model.network, None
 
 
-def neural_shap_values(model: CellTypeAnnotator, X: Matrix, background: Matrix,
-                       seed: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def neural_shap_values(model: CellTypeAnnotator, X: Matrix, background: Matrix, seed: int,
+                       samples: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Per chunk of cells: expected-gradient SHAP values [cells, genes] of each cell's largest (predicted) logit."""
     network, tokenizer = explained_network(model)
     device = next(network.parameters()).device
@@ -106,11 +108,12 @@ def neural_shap_values(model: CellTypeAnnotator, X: Matrix, background: Matrix,
     explainer = shap.GradientExplainer(network.eval(), inputs(background, np.arange(background.shape[0])))
     for start in range(0, X.shape[0], CHUNK_CELLS):
         rows = np.arange(start, min(start + CHUNK_CELLS, X.shape[0]))
-        values, ranks = explainer.shap_values(inputs(X, rows), nsamples=SHAP_SAMPLES, ranked_outputs=1, rseed=seed)
+        values, ranks = explainer.shap_values(inputs(X, rows), nsamples=samples, ranked_outputs=1, rseed=seed)
         values = np.asarray(values)[..., 0]  # the top-ranked output: the predicted class
         yield (values.sum(axis=-1) if values.ndim == 3 else values), ranks[:, 0].cpu().numpy()
 
 
-def neural_shap_top_genes(model: CellTypeAnnotator, X: Matrix, background: Matrix, seed: int = 0) -> pd.DataFrame:
+def neural_shap_top_genes(model: CellTypeAnnotator, X: Matrix, background: Matrix, seed: int = 0,
+                          samples: int = 200) -> pd.DataFrame:
     """SHAP ranking of a neural annotator (``GradientExplainer``, seeded)."""
-    return mean_per_predicted_type(neural_shap_values(model, X, background, seed), model.labels, model.genes)
+    return mean_per_predicted_type(neural_shap_values(model, X, background, seed, samples), model.labels, model.genes)

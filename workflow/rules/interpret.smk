@@ -40,8 +40,7 @@ rule shap_top_genes:
         method=one_of(SHAP_METHODS),
     params:
         seed=config["baseline"]["seed"],
-        max_cells_per_type=config["interpret"]["max_cells_per_type"],
-        background_cells=config["interpret"]["shap_background"],
+        settings=config["interpret"]["shap"],
     log:
         "results/logs/top_genes/{method}.shap.log",
     benchmark:
