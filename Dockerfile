@@ -2,7 +2,7 @@
 # writes it; regenerate it whenever an env file changes (tests/test_deployment.py checks the two agree).
 FROM condaforge/miniforge3:latest
 LABEL io.github.snakemake.containerized="true"
-LABEL io.github.snakemake.conda_env_hash="237e802ff7659ecfff8d3f1ba1de3e79174395602ba1b9424571e84dbf27d267"
+LABEL io.github.snakemake.conda_env_hash="0b5174d738cbe2c1e017ac68b51b4c14a73e7481a92c748e66b795fdee291e87"
 # Conda environment:
 #   source: envs/celltypist.yaml
 #   prefix: /conda-envs/ef7f745077425d29fa15dadad7fe453f
@@ -57,7 +57,7 @@ RUN mkdir -p /conda-envs/0cee92bdd62ad0a4dc850bf4161d2be3
 COPY envs/data.yaml /conda-envs/0cee92bdd62ad0a4dc850bf4161d2be3/environment.yaml
 # Conda environment:
 #   source: envs/interpret.yaml
-#   prefix: /conda-envs/c6bd7afb35b36b1c8534e8c7a06d77ab
+#   prefix: /conda-envs/79d56f57ded358df699d2a89bf20d356
 #   # interpretation: top genes, enrichment, differential expression, marker recall
 #   channels:
 #     - conda-forge
@@ -80,8 +80,9 @@ COPY envs/data.yaml /conda-envs/0cee92bdd62ad0a4dc850bf4161d2be3/environment.yam
 #     - pip:
 #         - torch==2.13.0
 #         - skops==0.16.0  # reads the linear baselines' saved models
-RUN mkdir -p /conda-envs/c6bd7afb35b36b1c8534e8c7a06d77ab
-COPY envs/interpret.yaml /conda-envs/c6bd7afb35b36b1c8534e8c7a06d77ab/environment.yaml
+#         - shap==0.51.0  # interpret.attribution: shap
+RUN mkdir -p /conda-envs/79d56f57ded358df699d2a89bf20d356
+COPY envs/interpret.yaml /conda-envs/79d56f57ded358df699d2a89bf20d356/environment.yaml
 # Conda environment:
 #   source: envs/report.yaml
 #   prefix: /conda-envs/14ef36bd051104cab391e532795ca9b8
@@ -182,7 +183,7 @@ COPY envs/torch.yaml /conda-envs/1ed51a786132b2f5bac90e8badac761e/environment.ya
 
 RUN conda env create --prefix /conda-envs/ef7f745077425d29fa15dadad7fe453f --file /conda-envs/ef7f745077425d29fa15dadad7fe453f/environment.yaml && \
     conda env create --prefix /conda-envs/0cee92bdd62ad0a4dc850bf4161d2be3 --file /conda-envs/0cee92bdd62ad0a4dc850bf4161d2be3/environment.yaml && \
-    conda env create --prefix /conda-envs/c6bd7afb35b36b1c8534e8c7a06d77ab --file /conda-envs/c6bd7afb35b36b1c8534e8c7a06d77ab/environment.yaml && \
+    conda env create --prefix /conda-envs/79d56f57ded358df699d2a89bf20d356 --file /conda-envs/79d56f57ded358df699d2a89bf20d356/environment.yaml && \
     conda env create --prefix /conda-envs/14ef36bd051104cab391e532795ca9b8 --file /conda-envs/14ef36bd051104cab391e532795ca9b8/environment.yaml && \
     conda env create --prefix /conda-envs/3ebb9eac8e698a4f87d7c940780d0f7e --file /conda-envs/3ebb9eac8e698a4f87d7c940780d0f7e/environment.yaml && \
     conda env create --prefix /conda-envs/9e0446f57f2f9a032a48215a91345b50 --file /conda-envs/9e0446f57f2f9a032a48215a91345b50/environment.yaml && \

@@ -3,7 +3,9 @@
 Top genes: the linear baselines' coefficients come from their saved final model (``BaselineAnnotator.top_genes``;
 rule baseline_final trains it on the final split's cells, streamed SGD above its threshold). Wilcoxon and the neural
 attributions read the combined matrix as a ``CellStore``, by rows: a seeded sample of at most ``max_cells_per_type``
-labelled cells per cell type (all cells of a smaller type, so small data give the full-data result).
+labelled cells per cell type (all cells of a smaller type, so small data give the full-data result). SHAP top genes
+(``shap_top_genes_stage``, ``sclabel.shap_attribution``) explain the same sample with the method's final model,
+against a seeded sample of that model's training cells (the final split's ``train`` cells) as background.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from sclabel.store import DEFAULT_CHUNK_CELLS, CellStore
 log = logging.getLogger("sclabel")
 TOP_GENE_COLUMNS = ["method", "attribution", "cell_type", "gene", "score", "rank"]
 DEFAULT_MAX_CELLS_PER_TYPE = 2_000
+SHAP_DEFAULTS = {"background_cells": 100, "max_cells_per_type": 200, "samples": 200}  # interpret.shap
 
 
 def labelled_data(input_h5ad: str) -> tuple[ad.AnnData, pd.Series]:
@@ -81,10 +84,52 @@ def top_genes_stage(method: str, seed: int, input_h5ad: str, model_dir: str | No
     else:
         adata, _ = labelled_sample(input_h5ad, max_cells_per_type, seed)
         ranking = neural_top_genes(model_dir, adata, input_h5ad, registry.get(method).explains)
-    table = ranking.assign(method=method)[TOP_GENE_COLUMNS]
-    log.info("%s: top genes per type\n%s", method,
+    write_ranking(ranking.assign(method=method), output)
+
+
+def write_ranking(ranking: pd.DataFrame, output: str) -> None:
+    """Write a method's ranking as the tidy top-genes table, logging each type's top 5 genes."""
+    table = ranking[TOP_GENE_COLUMNS]
+    log.info("%s (%s): top genes per type\n%s", table["method"].iloc[0], table["attribution"].iloc[0],
              table[table["rank"] <= 5].groupby("cell_type")["gene"].apply(", ".join).to_string())
     io.write_tsv(table, output)
+
+
+def training_background(input_h5ad: str, splits_file: str, n_cells: int, seed: int) -> ad.AnnData:
+    """A seeded sample of at most ``n_cells`` of the final split's training cells (the cells the model was fitted on)."""
+    from sclabel.splits import FINAL, TRAIN, read_split
+
+    roles = read_split(splits_file, FINAL)
+    train = roles.index[roles == TRAIN]
+    picked = np.sort(np.random.default_rng(seed).choice(len(train), size=min(n_cells, len(train)), replace=False))
+    with CellStore(input_h5ad) as store:
+        rows = np.sort(store.rows_of(train[picked]))
+        return ad.AnnData(store.read(rows), obs=store.obs.iloc[rows].copy(), var=store.var.copy())
+
+
+def shap_top_genes_stage(method: str, seed: int, input_h5ad: str, splits_file: str, model_dir: str, output: str,
+                         settings: Mapping[str, int] | None = None) -> None:
+    """Rank genes per predicted type by mean SHAP value (``sclabel.shap_attribution``) of a method's final model.
+
+    ``settings`` (``interpret.shap``; missing keys take ``SHAP_DEFAULTS``): ``background_cells``,
+    ``max_cells_per_type`` (the explained sample) and ``samples`` (neural methods' expected-gradient draws per cell).
+    """
+    from sclabel.annotator import load_annotator
+    from sclabel.qc import align_genes
+    from sclabel.shap_attribution import linear_shap_top_genes, neural_shap_top_genes
+
+    settings = {**SHAP_DEFAULTS, **(settings or {})}
+    annotator = load_annotator(model_dir)
+    cells, _ = labelled_sample(input_h5ad, settings["max_cells_per_type"], seed)
+    background = training_background(input_h5ad, splits_file, settings["background_cells"], seed)
+    X, X_background = (align_genes(data, annotator.genes, min_overlap=1.0, source=input_h5ad)[0]
+                       for data in (cells, background))
+    log.info("SHAP: %d explained cells, background of %d training cells", X.shape[0], X_background.shape[0])
+    if registry.get(method).explains == "coefficients":
+        ranking = linear_shap_top_genes(annotator, X, X_background)
+    else:
+        ranking = neural_shap_top_genes(annotator, X, X_background, seed, settings["samples"])
+    write_ranking(ranking.assign(method=method, attribution="shap"), output)
 
 
 def file_slug(name: str) -> str:
@@ -116,9 +161,15 @@ def enrich_stage(ranking_file: str, input_h5ad: str, libraries: Mapping[str, str
              .to_string(index=False))
 
 
+def ranking_label(ranking: pd.DataFrame) -> str:
+    """How marker recall names a ranking: its method, followed by `` (shap)`` for a SHAP one."""
+    method, attribution = ranking["method"].iloc[0], ranking["attribution"].iloc[0]
+    return f"{method} (shap)" if attribution == "shap" else method
+
+
 def marker_recall_stage(ranking_files: Sequence[str], input_h5ad: str, settings: Mapping[str, Any],
                         output_table: str, output_figure: str) -> None:
-    """Recall of known markers within each method's top-k genes, per cell type, as a curve over k."""
+    """Recall of known markers within each ranking's top-k genes, per cell type, as a curve over k."""
     from sclabel.interpret import load_marker_table, marker_recall_curve
     from sclabel.plots import recall_figure
 
@@ -128,7 +179,7 @@ def marker_recall_stage(ranking_files: Sequence[str], input_h5ad: str, settings:
     for path in ranking_files:
         ranking = io.read_tsv(path, ["cell_type", "gene"])
         curve = marker_recall_curve(ranking, markers, settings["cell_type_map"], settings["recall_ks"], background)
-        curves.append(curve.assign(method=ranking["method"].iloc[0]))
+        curves.append(curve.assign(method=ranking_label(ranking), attribution=ranking["attribution"].iloc[0]))
     table = pd.concat(curves, ignore_index=True)
     io.write_tsv(table, output_table)
     save_figure(recall_figure(table), output_figure)

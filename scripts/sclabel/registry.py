@@ -43,6 +43,8 @@ ENCODER_EXPLAINS = {"transformer": "attention", "tabnet": "attention_masks"}
 THRESHOLD_REJECTION = ("rejection score above the threshold that leaves at most abstention.known_rate (5%) "
                        "of validation cells unassigned")
 NEVER_ABSTAINS = "never abstains"
+# interpret.attribution: how top genes are ranked; native = each method's own ``explains``, shap = mean SHAP value
+ATTRIBUTIONS = ("native", "shap")
 PRETRAINING = tuple(p for p in PRETRAINING_TEXT if p)
 ENCODERS = tuple(ENCODER_TEXT)
 

@@ -83,6 +83,17 @@ if QUERIES and ANNOTATE_METHOD not in registry.METHODS:
 INTERPRET_METHODS = [
     m for m in (config["interpret"]["methods"] or METHODS) if registry.METHODS.get(m) and registry.get(m).explains
 ] + ["wilcoxon"]
+ATTRIBUTIONS = config["interpret"]["attribution"]
+unknown_attributions = sorted(set(ATTRIBUTIONS) - set(registry.ATTRIBUTIONS))
+if unknown_attributions:
+    raise ValueError(
+        f"config: interpret.attribution: unknown attribution(s) {', '.join(unknown_attributions)}. "
+        f"Fix: use {' or '.join(registry.ATTRIBUTIONS)}"
+    )
+# the explained methods SHAP ranks (every one with a model: all but wilcoxon)
+SHAP_METHODS = [m for m in INTERPRET_METHODS if m in registry.METHODS] if "shap" in ATTRIBUTIONS else []
+# every gene ranking written: results/interpret/top_genes/{ranking}.tsv, {method} native (wilcoxon always), {method}.shap
+RANKINGS = (INTERPRET_METHODS if "native" in ATTRIBUTIONS else ["wilcoxon"]) + [f"{m}.shap" for m in SHAP_METHODS]
 
 
 def method_env(method):
@@ -95,9 +106,9 @@ def interpretation_outputs():
     settings = config["interpret"]
     if not settings["enabled"]:
         return []
-    outputs = expand("results/interpret/top_genes/{method}.tsv", method=INTERPRET_METHODS)
+    outputs = expand("results/interpret/top_genes/{ranking}.tsv", ranking=RANKINGS)
     if settings["libraries"]:
-        outputs += expand("results/interpret/enrichment/{method}", method=INTERPRET_METHODS)
+        outputs += expand("results/interpret/enrichment/{ranking}", ranking=RANKINGS)
     if settings["marker_table"]:
         outputs.append("results/interpret/marker_recall.png")
     if settings["de"]["sample_key"] and settings["de"]["condition_key"]:

@@ -24,6 +24,34 @@ rule top_genes:
         "../../scripts/top_genes.py"
 
 
+rule shap_top_genes:
+    input:
+        h5ad="results/data/combined.h5ad",
+        splits="results/splits/splits.tsv",
+        model="results/models/{method}/final",
+    output:
+        report(
+            "results/interpret/top_genes/{method}.shap.tsv",
+            caption="../report/shap_top_genes.rst",
+            category="Interpretation",
+            subcategory="Top genes",
+        ),
+    wildcard_constraints:
+        method=one_of(SHAP_METHODS),
+    params:
+        seed=config["baseline"]["seed"],
+        settings=config["interpret"]["shap"],
+    log:
+        "results/logs/top_genes/{method}.shap.log",
+    benchmark:
+        "results/benchmarks/top_genes/{method}.shap.tsv"
+    conda:
+        "../../envs/interpret.yaml"
+    script:
+        "../../scripts/shap_top_genes.py"
+
+
+# {method} is a ranking: a method's native one (mlp) or its SHAP one (mlp.shap)
 rule enrich:
     input:
         ranking="results/interpret/top_genes/{method}.tsv",
@@ -51,7 +79,7 @@ rule enrich:
 
 rule marker_recall:
     input:
-        rankings=expand("results/interpret/top_genes/{method}.tsv", method=INTERPRET_METHODS),
+        rankings=expand("results/interpret/top_genes/{ranking}.tsv", ranking=RANKINGS),
         h5ad="results/data/combined.h5ad",
     output:
         table="results/interpret/marker_recall.tsv",

@@ -256,13 +256,20 @@ class GeneTransformerEncoder(nn.Module):
             raise ValueError(f"expected [cells, {self.n_genes}] input, got {list(x.shape)}")
         return bin_expression(x, self.bin_edges)
 
+    def tokens(self, x: Tensor) -> Tensor:
+        """Token states before the blocks (bin + gene embeddings) of expression ``x``; ``[n, g] -> [n, g, dim]``."""
+        return self._embed(self.bins(x))
+
     def _embed(self, bins: Tensor) -> Tensor:
         """Token states before the blocks; ``[n, g] -> [n, g, dim]``."""
         return self.bin_embedding(bins) + self.gene_embedding.weight
 
     def token_states(self, x: Tensor, bins: Tensor | None = None) -> Tensor:
         """Per-gene hidden states ``[n, g, dim]``; ``bins`` (e.g. masked) replaces binning ``x``."""
-        h = self._embed(self.bins(x) if bins is None else bins)
+        return self.encode_tokens(self._embed(self.bins(x) if bins is None else bins))
+
+    def encode_tokens(self, h: Tensor) -> Tensor:
+        """Per-gene hidden states ``[n, g, dim]`` from the token states before the blocks (``_embed``)."""
         for block in self.blocks:
             if self.checkpointing and torch.is_grad_enabled():
                 h = checkpoint(block, h, use_reentrant=False)
@@ -270,10 +277,13 @@ class GeneTransformerEncoder(nn.Module):
                 h = block(h)
         return self.norm(h)
 
+    def pool(self, states: Tensor) -> Tensor:
+        """Cell embeddings ``[n, dim]``: per-gene hidden states pooled over genes."""
+        return states.mean(1) if self.pooling == "mean" else states.amax(1)
+
     def forward(self, x: Tensor) -> Tensor:
         """Cell embeddings ``[n, dim]`` pooled over genes."""
-        states = self.token_states(x)
-        return states.mean(1) if self.pooling == "mean" else states.amax(1)
+        return self.pool(self.token_states(x))
 
     @torch.no_grad()
     def attention_scores(self, x: Tensor) -> Tensor:
