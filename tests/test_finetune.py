@@ -64,6 +64,7 @@ def test_beats_majority_class_and_keeps_best_epoch(pbmc, trained):
     X_test, y_test = pbmc["test"]
     majority = np.full(len(y_test), max(set(pbmc["train"][1]), key=list(pbmc["train"][1]).count))
     predicted, _ = model.predict(X_test)
+    assert not any(module.training for module in model.network.modules())  # predicting leaves the model in eval mode
     assert f1_score(y_test, predicted, average="macro") > f1_score(y_test, majority, average="macro") + 0.5
     assert accuracy_score(y_test, predicted) > accuracy_score(y_test, majority) + 0.4
     assert history["best_val_macro_f1"] == max(history["val_macro_f1"])

@@ -42,8 +42,11 @@ class Member:
 
     @property
     def network(self) -> nn.Sequential:
-        """Encoder followed by head, mapping expression to class logits."""
-        return nn.Sequential(self.encoder, self.head)
+        """Encoder followed by head, mapping expression to class logits, in the head's mode (a new container starts
+        in training mode, and ``predict_batches`` restores the mode it finds)."""
+        network = nn.Sequential(self.encoder, self.head)
+        network.training = self.head.training
+        return network
 
 
 class Stacked(nn.Module):
