@@ -41,7 +41,6 @@ from tqdm.auto import tqdm
 from sclabel.errors import InputError
 from sclabel.model import UNASSIGNED, CellTypeAnnotator
 from sclabel.nn.encoders import Matrix, dense_batch, iterate_minibatches
-from sclabel.nn.tabnet import TabNetEncoder
 from sclabel.nn.transformer import GeneTransformerEncoder
 from sclabel.ranking import rank_table
 
@@ -89,24 +88,29 @@ def _mean_per_type(model: CellTypeAnnotator, X: Matrix, predicted: Sequence[str]
     return rank_table(sums.numpy()[present] / counts[present, None], np.array(model.labels)[present], model.genes)
 
 
+def _encoder_top_genes(model: CellTypeAnnotator, X: Matrix, predicted: Sequence[str], batch_size: int,
+                       progress: bool, encoder_kind: str, what: str, scores: str) -> pd.DataFrame:
+    """Mean of the encoder's own per-gene ``scores`` method (``what``) over the cells predicted as each type, for
+    models whose encoder is ``encoder_kind`` only."""
+    if model.encoder_kind != encoder_kind:
+        raise ValueError(f"{what} needs a {encoder_kind} encoder, this model's is {model.encoder_kind!r}; "
+                         "use gradient_top_genes instead")
+    return _mean_per_type(model, X, predicted, batch_size, lambda x, codes: getattr(model.encoder, scores)(x),
+                          what, progress)
+
+
 def attention_top_genes(model: CellTypeAnnotator, X: Matrix, predicted: Sequence[str], batch_size: int = 64,
                         progress: bool = True) -> pd.DataFrame:
     """Mean attention each gene receives over the cells predicted as each type (transformer models only)."""
-    if not isinstance(model.encoder, GeneTransformerEncoder):
-        raise ValueError(f"attention needs a transformer encoder, this model's is {model.encoder_kind!r}; "
-                         "use gradient_top_genes instead")
-    return _mean_per_type(model, X, predicted, batch_size, lambda x, codes: model.encoder.attention_scores(x),
-                          "attention", progress)
+    return _encoder_top_genes(model, X, predicted, batch_size, progress, "transformer", "attention",
+                              "attention_scores")
 
 
 def mask_top_genes(model: CellTypeAnnotator, X: Matrix, predicted: Sequence[str], batch_size: int = 256,
                    progress: bool = True) -> pd.DataFrame:
     """Mean aggregated attention-mask importance of each gene over the cells predicted as each type (TabNet only)."""
-    if not isinstance(model.encoder, TabNetEncoder):
-        raise ValueError(f"attention masks need a tabnet encoder, this model's is {model.encoder_kind!r}; "
-                         "use gradient_top_genes instead")
-    return _mean_per_type(model, X, predicted, batch_size, lambda x, codes: model.encoder.mask_importance(x),
-                          "attention masks", progress)
+    return _encoder_top_genes(model, X, predicted, batch_size, progress, "tabnet", "attention masks",
+                              "mask_importance")
 
 
 @contextlib.contextmanager
