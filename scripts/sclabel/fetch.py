@@ -10,7 +10,6 @@ import posixpath
 import re
 import shutil
 import tarfile
-import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -21,6 +20,7 @@ from pathlib import Path, PureWindowsPath
 from tqdm import tqdm
 
 from sclabel.errors import InputError
+from sclabel.io import atomic_folder, remove_stale_temps
 
 log = logging.getLogger("sclabel.fetch")
 
@@ -161,21 +161,19 @@ def _range_start(content_range: str | None) -> int | None:
 
 
 def extract_archive(archive: Path, target_dir: Path) -> list[Path]:
-    """Extract a tar(.gz/.bz2/.xz) or zip into `target_dir` after checking every member; returns the files."""
+    """Extract a tar(.gz/.bz2/.xz) or zip into `target_dir` after checking every member; returns the files. A failed
+    extraction leaves nothing beside `target_dir`."""
     archive, target_dir = Path(archive), Path(target_dir)
     name = archive.name.lower()
     if not name.endswith((".zip", *TAR_SUFFIXES)):
         raise InputError(archive, "archive", "unknown archive type",
                          f"use one of .zip {' '.join(TAR_SUFFIXES)}, or give the file itself")
-    target_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target_dir.name}.", suffix=".tmp", dir=target_dir.parent))
+    remove_stale_temps([target_dir])
     try:
-        files = _extract_zip(archive, staging) if name.endswith(".zip") else _extract_tar(archive, staging)
-        _swap_in(staging, target_dir)
+        with atomic_folder(target_dir) as staging:
+            files = _extract_zip(archive, staging) if name.endswith(".zip") else _extract_tar(archive, staging)
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as err:
         raise InputError(archive, "archive", f"cannot extract: {err}", "delete the file and download it again") from err
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return [target_dir / member for member in dict.fromkeys(files)]
 
 
@@ -240,13 +238,3 @@ def _escapes(name: str) -> bool:
             depth += 1
     return False
 
-
-def _swap_in(staging: Path, target_dir: Path) -> None:
-    """Rename the finished staging folder to `target_dir`, replacing any earlier extraction."""
-    if not target_dir.exists():
-        staging.rename(target_dir)
-        return
-    old = staging.with_name(staging.name + ".old")
-    target_dir.rename(old)
-    staging.rename(target_dir)
-    shutil.rmtree(old, ignore_errors=True)
