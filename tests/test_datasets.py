@@ -14,7 +14,7 @@ import scipy.io
 import scipy.sparse as sp
 from sklearn.metrics import accuracy_score, f1_score
 
-from sclabel import datasets, evaluation, io, qc, splits
+from sclabel import datasets, evaluation, fetch, io, qc, splits
 from sclabel.errors import InputError
 
 GENES = [f"G{i}" for i in range(6)] + ["MT-CO1"]
@@ -59,7 +59,8 @@ def assert_one_line(err: pytest.ExceptionInfo, *parts: str) -> None:
 
 
 def test_builtin_pbmc68k_has_labels_and_log_values():
-    raw, source = datasets.acquire("pbmc", {"source": "builtin:pbmc68k_reduced"}, Path("."), 0, 1.0, "config")
+    raw, source = datasets.acquire("pbmc", {"source": "builtin:pbmc68k_reduced"}, Path("."), fetch.Limits(),
+                                   "config")
     adata = datasets.standardise(raw, {"label_key": "bulk_labels", "values": "log1p"}, "pbmc", source)
     assert adata.shape == (700, 765)
     assert adata.obs["cell_type"].nunique() == 10
@@ -151,7 +152,7 @@ def test_missing_label_column(tmp_path, counts, cells):
 
 def test_unknown_builtin_source():
     with pytest.raises(InputError) as err:
-        datasets.acquire("x", {"source": "builtin:nope"}, Path("."), 0, 1.0, "config")
+        datasets.acquire("x", {"source": "builtin:nope"}, Path("."), fetch.Limits(), "config")
     assert_one_line(err, "config", "builtin:nope", "builtin:pbmc68k_reduced")
 
 
@@ -212,7 +213,7 @@ def test_missing_batch_column(tmp_path, counts, cells, labels):
 
 def test_url_without_checksum():
     with pytest.raises(InputError) as err:
-        datasets.acquire("web", {"source": "https://example.org/a.h5ad"}, Path("."), 0, 1.0, "config")
+        datasets.acquire("web", {"source": "https://example.org/a.h5ad"}, Path("."), fetch.Limits(), "config")
     assert_one_line(err, "config", "datasets.web.sha256")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import logging
@@ -16,13 +17,31 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import yaml
 
-from sclabel import fetch
+from sclabel import datasets, fetch
 from sclabel.errors import InputError
+from sclabel.fetch import Limits
+from sclabel.io import temp_sibling
 
 DATA = random.Random(0).randbytes(300_000)
 DATA_SHA = hashlib.sha256(DATA).hexdigest()
 CUT = 100_000
+FLOOD = 64 << 20  # bytes an 'endless' or 'overlong' answer sends at most unless the client hangs up
+
+
+def trickled(data: bytes):
+    """`data` in pieces of 100 bytes, one every 20 ms."""
+    for start in range(0, len(data), 100):
+        time.sleep(0.02)
+        yield data[start:start + 100]
+
+
+def chunked(pieces):
+    """`pieces` in HTTP/1.1 chunked transfer coding."""
+    for piece in pieces:
+        yield f"{len(piece):x}\r\n".encode() + piece + b"\r\n"
+    yield b"0\r\n\r\n"
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -55,6 +74,21 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(data[:CUT])
             self.wfile.flush()
             return time.sleep(1.0)
+        if mode == "trickle":  # announces the file, then sends 100 bytes every 20 ms (well within any read timeout)
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            return self.stream(trickled(data))
+        if mode == "endless":  # no Content-Length: the body ends when the connection closes, after FLOOD bytes
+            self.send_response(200)
+            self.end_headers()
+            return self.stream(bytes(1 << 16) for _ in range(FLOOD >> 16))
+        if mode == "overlong":  # declares 1000 bytes but sends a chunked body of FLOOD bytes
+            self.send_response(200)
+            self.send_header("Content-Length", "1000")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            return self.stream(chunked(bytes(1 << 16) for _ in range(FLOOD >> 16)))
         if mode == "badrange" and self.headers.get("Range"):  # 206, but from byte 0 whatever was asked
             self.send_response(206)
             self.send_header("Content-Range", f"bytes 0-{len(data) - 1}/{len(data)}")
@@ -84,6 +118,15 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(body[:send])
         self.wfile.flush()
 
+    def stream(self, pieces) -> None:
+        """Write these pieces one by one; record in `server.hangups` when the client hangs up before the end."""
+        try:
+            for piece in pieces:
+                self.wfile.write(piece)
+                self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            self.server.hangups.append(self.path)
+
     def log_message(self, *args) -> None:
         """Keep the test output quiet."""
 
@@ -111,6 +154,7 @@ def server():
     srv = Server(("127.0.0.1", 0), Handler)
     srv.lock = threading.Lock()
     srv.requests = []
+    srv.hangups = []
     srv.files = {"data.bin": DATA}
     thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
     thread.start()
@@ -162,7 +206,7 @@ def test_malformed_checksum_is_refused_before_any_request(server, tmp_path):
 def test_truncated_transfer_fails_after_retries_and_cleans_up(server, tmp_path):
     dest = tmp_path / "data.bin"
     with pytest.raises(InputError) as err:
-        fetch.download(server.url("/truncate/data.bin"), dest, DATA_SHA, retries=2, backoff_s=0)
+        fetch.download(server.url("/truncate/data.bin"), dest, DATA_SHA, Limits(retries=2), backoff_s=0)
     assert err.value.field == "download"
     assert "truncated" in err.value.problem and "3 attempts" in err.value.problem
     assert len(server.requests) == 3
@@ -173,7 +217,7 @@ def test_truncated_transfer_fails_after_retries_and_cleans_up(server, tmp_path):
 def test_client_errors_fail_fast(server, tmp_path, code):
     url = server.url(f"/status-{code}/data.bin")
     with pytest.raises(InputError) as err:
-        fetch.download(url, tmp_path / "data.bin", DATA_SHA, retries=3, backoff_s=0)
+        fetch.download(url, tmp_path / "data.bin", DATA_SHA, Limits(retries=3), backoff_s=0)
     assert err.value.file == url
     assert err.value.field == "source"
     assert err.value.problem.startswith(f"HTTP {code}")
@@ -193,7 +237,7 @@ def test_missing_file_is_404_with_the_documented_message(server, tmp_path):
 def test_transient_status_is_retried_until_success(server, tmp_path, caplog, code):
     dest = tmp_path / "data.bin"
     with caplog.at_level(logging.WARNING, logger="sclabel.fetch"):
-        fetch.download(server.url(f"/flaky-{code}/data.bin"), dest, DATA_SHA, retries=3, backoff_s=0)
+        fetch.download(server.url(f"/flaky-{code}/data.bin"), dest, DATA_SHA, Limits(retries=3), backoff_s=0)
     assert dest.read_bytes() == DATA
     assert len(server.requests) == 3
     retries = [r for r in caplog.records if r.name == "sclabel.fetch"]
@@ -202,7 +246,8 @@ def test_transient_status_is_retried_until_success(server, tmp_path, caplog, cod
 
 def test_persistent_server_error_gives_up(server, tmp_path):
     with pytest.raises(InputError) as err:
-        fetch.download(server.url("/status-502/data.bin"), tmp_path / "data.bin", DATA_SHA, retries=1, backoff_s=0)
+        fetch.download(server.url("/status-502/data.bin"), tmp_path / "data.bin", DATA_SHA, Limits(retries=1),
+                       backoff_s=0)
     assert err.value.field == "download" and "HTTP 502" in err.value.problem
     assert len(server.requests) == 2
     assert leftovers(tmp_path) == []
@@ -210,13 +255,14 @@ def test_persistent_server_error_gives_up(server, tmp_path):
 
 def test_backoff_grows_exponentially(server, tmp_path):
     start = time.monotonic()
-    fetch.download(server.url("/flaky-500/data.bin"), tmp_path / "data.bin", DATA_SHA, retries=2, backoff_s=0.1)
+    fetch.download(server.url("/flaky-500/data.bin"), tmp_path / "data.bin", DATA_SHA, Limits(retries=2),
+                   backoff_s=0.1)
     assert time.monotonic() - start >= 0.1 + 0.2
 
 
 def test_interrupted_transfer_resumes_with_range(server, tmp_path):
     dest = tmp_path / "data.bin"
-    fetch.download(server.url("/cut/data.bin"), dest, DATA_SHA, retries=2, backoff_s=0)
+    fetch.download(server.url("/cut/data.bin"), dest, DATA_SHA, Limits(retries=2), backoff_s=0)
     assert server.requests == [("/cut/data.bin", None), ("/cut/data.bin", f"bytes={CUT}-")]
     assert fetch.sha256sum(dest) == DATA_SHA
     assert leftovers(tmp_path) == ["data.bin"]
@@ -224,7 +270,7 @@ def test_interrupted_transfer_resumes_with_range(server, tmp_path):
 
 def test_stalled_body_times_out_and_resumes(server, tmp_path):
     dest = tmp_path / "data.bin"
-    fetch.download(server.url("/stall/data.bin"), dest, DATA_SHA, retries=1, timeout=0.3, backoff_s=0)
+    fetch.download(server.url("/stall/data.bin"), dest, DATA_SHA, Limits(retries=1, timeout_s=0.3), backoff_s=0)
     assert server.requests == [("/stall/data.bin", None), ("/stall/data.bin", f"bytes={CUT}-")]
     assert dest.read_bytes() == DATA
 
@@ -242,7 +288,7 @@ def test_leftover_part_is_resumed_on_206_and_restarted_on_200(server, tmp_path, 
 def test_part_from_a_different_file_is_restarted_on_416(server, tmp_path):
     dest = tmp_path / "data.bin"
     (tmp_path / "data.bin.part").write_bytes(b"\0" * (len(DATA) + 10))
-    fetch.download(server.url("/good/data.bin"), dest, DATA_SHA, retries=1, backoff_s=0)
+    fetch.download(server.url("/good/data.bin"), dest, DATA_SHA, Limits(retries=1), backoff_s=0)
     assert server.requests == [("/good/data.bin", f"bytes={len(DATA) + 10}-"), ("/good/data.bin", None)]
     assert dest.read_bytes() == DATA
 
@@ -250,14 +296,14 @@ def test_part_from_a_different_file_is_restarted_on_416(server, tmp_path):
 def test_206_for_the_wrong_range_is_restarted(server, tmp_path):
     dest = tmp_path / "data.bin"
     (tmp_path / "data.bin.part").write_bytes(DATA[:5000])
-    fetch.download(server.url("/badrange/data.bin"), dest, DATA_SHA, retries=1, backoff_s=0)
+    fetch.download(server.url("/badrange/data.bin"), dest, DATA_SHA, Limits(retries=1), backoff_s=0)
     assert server.requests == [("/badrange/data.bin", "bytes=5000-"), ("/badrange/data.bin", None)]
     assert dest.read_bytes() == DATA
 
 
 def test_timeout_is_retried(server, tmp_path):
     dest = tmp_path / "data.bin"
-    fetch.download(server.url("/slow/data.bin"), dest, DATA_SHA, retries=1, timeout=0.3, backoff_s=0)
+    fetch.download(server.url("/slow/data.bin"), dest, DATA_SHA, Limits(retries=1, timeout_s=0.3), backoff_s=0)
     assert dest.read_bytes() == DATA
     assert len(server.requests) == 2
 
@@ -267,7 +313,8 @@ def test_connection_refused_is_retried_then_reported(tmp_path):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     with pytest.raises(InputError) as err:
-        fetch.download(f"http://127.0.0.1:{port}/x.bin", tmp_path / "x.bin", DATA_SHA, retries=2, backoff_s=0)
+        fetch.download(f"http://127.0.0.1:{port}/x.bin", tmp_path / "x.bin", DATA_SHA, Limits(retries=2),
+                       backoff_s=0)
     assert err.value.field == "download" and "3 attempts" in err.value.problem
     assert leftovers(tmp_path) == []
 
@@ -316,6 +363,59 @@ def test_missing_local_source_is_an_input_error(tmp_path):
         fetch.download(str(tmp_path / "absent.h5ad"), tmp_path / "out" / "absent.h5ad")
     assert err.value.field == "source" and "not found" in err.value.problem
     assert leftovers(tmp_path / "out") == []
+
+
+def hung_up(server, path: str) -> bool:
+    """Whether the handler for `path` saw the client hang up before its body ended (waits up to 5 s)."""
+    for _ in range(500):
+        if path in server.hangups:
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_trickling_server_is_cut_off_at_the_total_deadline(server, tmp_path):
+    start = time.monotonic()
+    with pytest.raises(InputError) as err:
+        fetch.download(server.url("/trickle/data.bin"), tmp_path / "data.bin", DATA_SHA,
+                       Limits(timeout_s=5, deadline_s=0.5), backoff_s=0)
+    assert time.monotonic() - start < 3  # the whole body would take 60 s; each read is well within timeout_s
+    assert err.value.field == "download.deadline_s" and "0.5 s" in err.value.problem and "\n" not in str(err.value)
+    assert leftovers(tmp_path) == []
+
+
+def test_retries_stop_at_the_total_deadline(server, tmp_path):
+    start = time.monotonic()
+    with pytest.raises(InputError) as err:
+        fetch.download(server.url("/status-503/data.bin"), tmp_path / "data.bin", DATA_SHA,
+                       Limits(retries=10, deadline_s=0.5), backoff_s=0.2)
+    assert time.monotonic() - start < 0.6 and len(server.requests) == 2  # a third try would start after 0.6 s
+    assert err.value.field == "download.deadline_s"
+
+
+@pytest.mark.parametrize("mode", ["good", "endless"])
+def test_body_over_max_bytes_is_refused_while_streaming(server, tmp_path, mode):
+    with pytest.raises(InputError) as err:
+        fetch.download(server.url(f"/{mode}/data.bin"), tmp_path / "data.bin", DATA_SHA, Limits(max_bytes=10_000),
+                       backoff_s=0)
+    assert err.value.field == "download.max_bytes" and "10000" in err.value.problem
+    assert leftovers(tmp_path) == []
+    if mode == "endless":  # refused from the stream, long before the server's FLOOD bytes were sent
+        assert hung_up(server, "/endless/data.bin")
+
+
+def test_body_longer_than_its_content_length_is_refused_while_streaming(server, tmp_path):
+    with pytest.raises(InputError) as err:
+        fetch.download(server.url("/overlong/data.bin"), tmp_path / "data.bin", DATA_SHA, backoff_s=0)
+    assert err.value.field == "Content-Length" and "1000 bytes" in err.value.problem
+    assert leftovers(tmp_path) == []
+    assert hung_up(server, "/overlong/data.bin")
+
+
+def test_download_limits_match_the_config_schema():
+    schema = yaml.safe_load((Path(__file__).parents[1] / "workflow/schemas/config.schema.yaml").read_text())
+    block = schema["properties"]["download"]["properties"]
+    assert {key: spec["default"] for key, spec in block.items()} == dataclasses.asdict(Limits())
 
 
 # ---------------------------------------------------------------- archives
@@ -479,3 +579,67 @@ def test_unknown_archive_type_is_an_input_error(dirs):
     archive = src / "data.rar"
     archive.write_bytes(b"x")
     assert "unknown archive type" in assert_refused(archive, out, field="archive").problem
+
+
+BOMB = bytes(1 << 20)  # 1 MiB of zeros: a few kB compressed
+
+
+@pytest.mark.parametrize("kind", ["tar.gz", "zip"])
+def test_archive_expanding_beyond_the_cap_is_refused_and_leaves_nothing(dirs, kind):
+    src, out = dirs
+    archive = src / f"bomb.{kind}"
+    if kind == "zip":
+        with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+            zf.writestr("ok.txt", b"fine")
+            zf.writestr("zeros.bin", BOMB)
+    else:
+        make_tar(archive, [tar_file("ok.txt", b"fine"), tar_file("zeros.bin", BOMB)])
+    assert archive.stat().st_size < 10_000
+    with pytest.raises(InputError) as err:
+        fetch.extract_archive(archive, out / "target", Limits(max_extracted_bytes=500_000))
+    assert err.value.field == "download.max_extracted_bytes" and "500000" in err.value.problem
+    assert leftovers(out) == []
+    assert fetch.extract_archive(archive, out / "target", Limits(max_extracted_bytes=2 << 20))  # a cap it fits
+
+
+@pytest.mark.parametrize("kind", ["tar", "zip"])
+def test_archive_with_too_many_members_is_refused_and_leaves_nothing(dirs, kind):
+    src, out = dirs
+    files = {f"f{i}.txt": b"x" for i in range(50)}
+    archive = (make_zip(src / "many.zip", files) if kind == "zip"
+               else make_tar(src / "many.tar", [tar_file(n, p) for n, p in files.items()]))
+    with pytest.raises(InputError) as err:
+        fetch.extract_archive(archive, out / "target", Limits(max_members=10))
+    assert err.value.field == "download.max_members"
+    assert leftovers(out) == []
+
+
+def test_failure_midway_through_extraction_leaves_nothing(dirs):
+    src, out = dirs
+    archive = src / "crc.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr("a.txt", b"first member, extracted before the failure")
+        zf.writestr("b.txt", b"B" * 1000)
+    payload = archive.read_bytes()
+    archive.write_bytes(payload.replace(b"B" * 1000, b"C" + b"B" * 999))  # b.txt fails its CRC check
+    assert "CRC" in assert_refused(archive, out, field="archive").problem
+
+
+def test_staging_folder_left_by_a_killed_extraction_is_removed(dirs):
+    src, out = dirs
+    stale = temp_sibling(out / "t", folder=True)  # as a SIGKILL during extraction leaves it
+    (stale / "partial.bin").write_bytes(DATA)
+    fetch.extract_archive(make_zip(src / "a.zip", {"new.txt": b"new"}), out / "t")
+    assert leftovers(out) == ["t"]
+
+
+@pytest.mark.parametrize("member", ["../../outside.h5ad", "/etc/passwd", "data/../../../outside.h5ad"])
+def test_path_in_archive_must_stay_inside_the_archive(dirs, member):
+    src, out = dirs
+    (src.parent / "outside.h5ad").write_bytes(b"not in the archive")
+    spec = {"source": str(make_zip(src / "a.zip", GOOD_FILES)), "path_in_archive": member}
+    with pytest.raises(InputError) as err:
+        datasets.local_file("toy", spec, out / "dl", Limits(), "config")
+    assert err.value.file == "config" and err.value.field == "datasets.toy.path_in_archive"
+    assert "outside the archive" in err.value.problem and "\n" not in str(err.value)
+    assert leftovers(out) == []  # refused before anything was extracted

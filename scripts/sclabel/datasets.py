@@ -19,6 +19,7 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata.io import read_elem, sparse_dataset
 
+from sclabel import fetch
 from sclabel.errors import InputError
 from sclabel.metrics import UNASSIGNED
 from sclabel.store import DEFAULT_CHUNK_CELLS, RowWriter, write_store
@@ -332,26 +333,26 @@ def stream_h5ad(path: Path, spec: Mapping[str, Any], name: str, source: str, out
     return len(obs), len(var)
 
 
-def local_file(name: str, spec: Mapping[str, Any], download_dir: Path, retries: int, timeout_s: float,
+def local_file(name: str, spec: Mapping[str, Any], download_dir: Path, limits: fetch.Limits,
                config_file: str) -> Path:
     """Local path of a file or URL source: downloaded, checksum-checked and unpacked as needed."""
     source = spec["source"]
-    from sclabel import fetch
-
+    member = spec.get("path_in_archive")
+    if member and fetch.outside_root(member):
+        raise InputError(config_file, f"datasets.{name}.path_in_archive", f"'{member}' points outside the archive "
+                         "(absolute or climbing with '..')", "give a path relative to the archive root")
     if is_remote(source):
         if not spec.get("sha256"):
             raise InputError(config_file, f"datasets.{name}.sha256", "a URL source needs a checksum",
                              "add the file's sha256 (sha256sum FILE) to the dataset entry")
-        local = fetch.download(source, download_dir / Path(source.split("?")[0]).name, spec["sha256"],
-                               retries=retries, timeout=timeout_s)
+        local = fetch.download(source, download_dir / Path(source.split("?")[0]).name, spec["sha256"], limits)
     else:
         local = local_source_path(source)
         if spec.get("sha256") and local.exists() and fetch.sha256sum(local) != spec["sha256"].lower():
             raise InputError(local, "sha256", "checksum does not match the config",
                              f"update datasets.{name}.sha256 or restore the original file")
     if is_archive(local):
-        extracted = fetch.extract_archive(local, download_dir / f"{local.name}.d")
-        member = spec.get("path_in_archive")
+        extracted = fetch.extract_archive(local, download_dir / f"{local.name}.d", limits)
         if not member:
             raise InputError(config_file, f"datasets.{name}.path_in_archive", "the source is an archive",
                              "name the file or folder inside it to read, relative to the archive root")
@@ -362,16 +363,16 @@ def local_file(name: str, spec: Mapping[str, Any], download_dir: Path, retries: 
     return local
 
 
-def acquire(name: str, spec: Mapping[str, Any], download_dir: Path, retries: int, timeout_s: float,
+def acquire(name: str, spec: Mapping[str, Any], download_dir: Path, limits: fetch.Limits,
             config_file: str) -> tuple[ad.AnnData, str]:
     """Fetch (when remote) and read one configured dataset into memory; returns it with its source."""
     source = spec["source"]
     if source.startswith("builtin:"):
         return load_builtin(source[len("builtin:"):], config_file), source
-    return read_any(local_file(name, spec, download_dir, retries, timeout_s, config_file), spec), source
+    return read_any(local_file(name, spec, download_dir, limits, config_file), spec), source
 
 
-def write_standard(name: str, spec: Mapping[str, Any], download_dir: Path, retries: int, timeout_s: float,
+def write_standard(name: str, spec: Mapping[str, Any], download_dir: Path, limits: fetch.Limits,
                    config_file: str, output: str | Path, chunk_cells: int) -> tuple[int, int, str]:
     """Fetch or read one dataset and write it in standard form as a cell store; returns (cells, genes, source).
 
@@ -380,13 +381,13 @@ def write_standard(name: str, spec: Mapping[str, Any], download_dir: Path, retri
     """
     source = spec["source"]
     if not source.startswith("builtin:") and spec.get("format", "h5ad") == "h5ad":
-        local = existing(local_file(name, spec, download_dir, retries, timeout_s, config_file))
+        local = existing(local_file(name, spec, download_dir, limits, config_file))
         shape = stream_h5ad(local, spec, name, source, output, chunk_cells)
         if shape is not None:
             return (*shape, source)
         adata = read_h5ad(local)
     else:
-        adata, source = acquire(name, spec, download_dir, retries, timeout_s, config_file)
+        adata, source = acquire(name, spec, download_dir, limits, config_file)
     standard = standardise(adata, spec, name, source)
     write_store(standard, output, chunk_cells)
     return standard.n_obs, standard.n_vars, source
@@ -395,6 +396,6 @@ def write_standard(name: str, spec: Mapping[str, Any], download_dir: Path, retri
 def download_stage(name: str, spec: Mapping[str, Any], settings: Mapping[str, Any], output: str,
                    download_dir: str, chunk_cells: int = DEFAULT_CHUNK_CELLS) -> None:
     """Fetch or read one dataset and write it in the standard form as a cell store (h5ad sources by row chunks)."""
-    n_obs, n_vars, source = write_standard(name, spec, Path(download_dir), settings["retries"],
-                                                    settings["timeout_s"], "config", output, chunk_cells)
+    n_obs, n_vars, source = write_standard(name, spec, Path(download_dir), fetch.Limits.of(settings), "config",
+                                           output, chunk_cells)
     log.info("%s: %d cells x %d genes from %s", name, n_obs, n_vars, source)

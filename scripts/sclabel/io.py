@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,17 +15,73 @@ if TYPE_CHECKING:
     import anndata as ad
     import pandas as pd
 
+PROC_STATUS = Path("/proc/self/status")
+
+
+def umask() -> int:
+    """The process's umask: the ``Umask:`` line of Linux's /proc/self/status, else set and restored with os.umask.
+
+    The fallback changes a process-global setting for an instant: a thread creating a file at that moment gets it
+    private (0o077), never more open; sclabel's step scripts write their outputs from one thread.
+    """
+    with contextlib.suppress(OSError, ValueError):
+        for line in PROC_STATUS.read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
+def apply_umask(path: Path) -> None:
+    """Give a finished temporary file 0o666 (folder 0o777) less the umask, as open() or mkdir() would have."""
+    path.chmod((0o777 if path.is_dir() else 0o666) & ~umask())
+
+
+def temp_sibling(dest: Path, folder: bool = False) -> Path:
+    """A new hidden file (or folder) beside ``dest`` named ``.<stem>.<random>.tmp<suffix>`` (mkstemp/mkdtemp: 0600/0700
+    until ``apply_umask``); every temporary output is made here, so ``remove_stale_temps`` finds leftovers."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    names = {"prefix": f".{dest.stem}.", "suffix": f".tmp{dest.suffix}", "dir": dest.parent}
+    if folder:
+        return Path(tempfile.mkdtemp(**names))
+    fd, name = tempfile.mkstemp(**names)
+    os.close(fd)
+    return Path(name)
+
+
+def stale_temps(dest: str | os.PathLike[str]) -> list[Path]:
+    """The ``temp_sibling`` files and folders of ``dest`` present now: leftovers of a write that was killed."""
+    dest = Path(dest)
+    if not dest.parent.is_dir():
+        return []
+    pattern = re.compile(rf"\.{re.escape(dest.stem)}\.[a-z0-9_]+\.tmp{re.escape(dest.suffix)}")
+    return sorted(path for path in dest.parent.iterdir() if pattern.fullmatch(path.name))
+
+
+def remove_stale_temps(outputs: Iterable[str | os.PathLike[str]]) -> list[Path]:
+    """Delete the temporary siblings that killed writes of these outputs left behind; returns what was removed.
+
+    Call it only where no other process writes the same outputs: at the start of the job that owns them.
+    """
+    removed = [path for dest in outputs for path in stale_temps(dest)]
+    for path in removed:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    return removed
+
 
 @contextlib.contextmanager
 def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary sibling of ``dest``; rename it onto ``dest`` only if the block succeeds."""
+    """Yield a temporary sibling of ``dest``; rename it onto ``dest`` (mode as the umask says) only if the block
+    succeeds."""
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.stem}.", suffix=f".tmp{dest.suffix}", dir=dest.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = temp_sibling(dest)
     try:
         yield tmp
+        apply_umask(tmp)
         os.replace(tmp, dest)
     except BaseException:
         if tmp.is_dir():
@@ -36,14 +93,15 @@ def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def atomic_folder(dest: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield an empty temporary sibling folder; on success it replaces ``dest`` (old contents removed)."""
+    """Yield an empty temporary sibling folder; on success it replaces ``dest`` (old contents removed), its mode as
+    the umask says."""
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    tmp = temp_sibling(dest, folder=True)
     try:
         yield tmp
+        apply_umask(tmp)
         if dest.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".old", dir=dest.parent))
+            old = temp_sibling(dest, folder=True)
             os.replace(dest, old / dest.name)
             os.replace(tmp, dest)
             shutil.rmtree(old)

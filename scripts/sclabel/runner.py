@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sclabel.errors import InputError
+from sclabel.io import remove_stale_temps
 
 log = logging.getLogger("sclabel")
 
@@ -27,8 +28,13 @@ def configure_logging(log_file: str | None) -> None:
 
 
 def run_step(snakemake: Any, step: Callable[[Any], None]) -> None:
-    """Call ``step(snakemake)``; bad input ends the job with one line naming file, field and fix."""
+    """Call ``step(snakemake)``; bad input ends the job with one line naming file, field and fix.
+
+    First removes the temporary files a killed earlier run of this job left beside its outputs.
+    """
     configure_logging(snakemake.log[0] if len(snakemake.log) else None)
+    for path in remove_stale_temps(snakemake.output):
+        log.warning("removed %s, left behind by a killed earlier run", path)
     try:
         step(snakemake)
     except InputError as err:
