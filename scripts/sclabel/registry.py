@@ -158,9 +158,9 @@ SELECTED = "top"
 ENSEMBLE = "ens"
 VARIANT_TEXT = {
     SELECTED: "on the split's features.top_k genes ranked by chunked linear models on its training cells",
-    ENSEMBLE: "as a deep ensemble: finetune.ensemble.n_seeds (5) networks seeded seed, seed + 1, ..., their calibrated "
-              "probabilities averaged, their disagreement offered as finetune.rejection ensemble_mi (fit time "
-              "~n_seeds x its base's)",
+    ENSEMBLE: "as a deep ensemble: finetune.ensemble.n_seeds (default 5) networks seeded seed, seed + 1, ..., their "
+              "calibrated probabilities averaged, their disagreement offered as finetune.rejection ensemble_mi (fit "
+              "time ~n_seeds x its base's)",
 }
 VARIANT_SETTINGS = {SELECTED: "features", ENSEMBLE: "finetune.ensemble"}  # the config block each kind adds
 
