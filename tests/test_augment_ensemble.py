@@ -7,19 +7,22 @@ from dataclasses import replace
 
 import anndata as ad
 import numpy as np
+import pandas as pd
 import pytest
+import scipy.sparse as sp
 import torch
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import train_test_split
 
-from sclabel import training
-from sclabel.annotator import MANIFEST
+from sclabel import io, registry, splits, training
+from sclabel.annotator import MANIFEST, load_annotator
 from sclabel.evaluation import selection_row
 from sclabel.model import CellTypeAnnotator
 from sclabel.nn import novelty
 from sclabel.nn.encoders import MLPEncoder, predict_batches
 from sclabel.nn.finetune import (ClassifierHead, FinetuneSettings, augment_batch, augment_generator, fit_classifier,
                                  same_type_partners)
+from sclabel.store import write_store
 
 SETTINGS = FinetuneSettings(epochs=3, batch_size=64, patience=3)
 ENCODER = {"hidden_dims": [], "out_dim": 16}
@@ -182,3 +185,30 @@ def test_listed_settings_are_every_combination_and_selections_name_them(tmp_path
     (folder / MANIFEST).write_text(json.dumps({"method": "mlp", "meta": {"selection": selection}}))
     row = selection_row(folder)
     assert (row["setting"], row["chosen"]) == ("imbalance/augment", "sampler/0.5")
+
+
+def test_an_ens_variant_trains_through_the_finetune_stage_as_its_base_with_n_seeds_members(cells, tmp_path):
+    parts = ("train", "val", "test")
+    y = np.concatenate([cells[part][1] for part in parts])
+    ids = [f"c{i}" for i in range(len(y))]
+    adata = ad.AnnData(sp.csr_matrix(np.vstack([cells[part][0] for part in parts])),
+                       obs=pd.DataFrame({"cell_type": pd.Categorical(y)}, index=ids),
+                       var=pd.DataFrame(index=cells["genes"]))
+    write_store(adata, tmp_path / "cells.h5ad")
+    roles = np.repeat([splits.TRAIN, splits.VAL, splits.TEST], [len(cells[part][1]) for part in parts])
+    io.write_tsv(pd.DataFrame({"cell_id": ids, "cv1": roles}), tmp_path / "splits.tsv")
+    finetune = {"epochs": 3, "batch_size": 64, "patience": 3, "head_hidden_dims": [32], "dropout": 0.1, "seed": 3,
+                "device": "cpu", "n_seeds": 1, "rejection": "centroid_distance", "ensemble": {"n_seeds": 3},
+                "overrides": {"mlp": {"lr": 0.002}, "mlp@ens": {"rejection": "ensemble_mi"}}}
+    settings = registry.finetune_block(finetune, "mlp@ens")
+    training.finetune_stage("mlp@ens", ENCODER, settings, {"normalisation": "log1p_cp10k"}, str(tmp_path / "cells.h5ad"),
+                            str(tmp_path / "splits.tsv"), "cv1", None, str(tmp_path / "checkpoints"),
+                            str(tmp_path / "model"), str(tmp_path / "test.tsv"))
+    model = load_annotator(tmp_path / "model")
+    assert model.method == "mlp@ens" and len(model.members) == 3 and model.rejection == "ensemble_mi"
+    assert model.settings["lr"] == 0.002 and "ensemble" not in model.settings  # the base's override, no variant block
+    assert [record["seed"] for record in model.training["members"]] == [3, 4, 5]
+    X_test, y_test = cells["test"]
+    table = pd.read_csv(tmp_path / "test.tsv", sep="\t")
+    assert (table["predicted"] == y_test).mean() > 0.7
+    np.testing.assert_allclose(table["rejection_score"], model.rejection_score(X_test), rtol=1e-4, atol=1e-6)

@@ -6,7 +6,7 @@ import pytest
 from scipy.stats import binomtest
 from sklearn import metrics as skm
 
-from sclabel import evaluation, metrics
+from sclabel import evaluation, metrics, registry
 
 
 @pytest.fixture
@@ -278,7 +278,7 @@ def test_the_pretraining_effect_pairs_each_pretrained_method_with_its_encoder_al
     long = long.drop(long.index[(long["method"] == "mlp") & (long["split"] == "cv3")])  # mlp did not run on cv3
     long.loc[(long["method"] == "kmeans+mlp") & (long["split"] == "lodo_a"), "value"] = (
         long.loc[(long["method"] == "mlp") & (long["split"] == "lodo_a"), "value"].to_numpy())  # a tie
-    effect = evaluation.pretraining_effect(long)
+    effect = evaluation.ablation_effect(long, registry.pretraining_pairs)
     assert list(effect.columns) == metrics.EFFECT_COLUMNS
     assert sorted(map(tuple, effect[["scheme", "method", "counterpart"]].drop_duplicates().values.tolist())) == [
         ("cv", "kmeans+mlp", "mlp"), ("lodo", "kmeans+mlp", "mlp"), ("lodo", "kmeans+transformer", "transformer"),
@@ -296,7 +296,29 @@ def test_the_pretraining_effect_pairs_each_pretrained_method_with_its_encoder_al
         assert row.sign_test_p == pytest.approx(binomtest(wins, wins + losses).pvalue)
     tied = effect[(effect["method"] == "kmeans+mlp") & (effect["scheme"] == "lodo")]
     assert (tied["ties"] == 1).all()
-    assert evaluation.pretraining_effect(long[long["method"] != "mlp"]).query("counterpart == 'mlp'").empty
+    assert evaluation.ablation_effect(long[long["method"] != "mlp"], registry.pretraining_pairs).query(
+        "counterpart == 'mlp'").empty
+
+
+def test_the_variants_effect_pairs_each_variant_with_its_base_split_by_split():
+    splits = ["lodo_a", "lodo_b", "lodo_c"]
+    kappa = {"mlp": [0.80, 0.70, 0.90], "mlp@ens": [0.85, 0.70, 0.95], "kmeans+mlp": [0.6, 0.6, 0.6],
+             "logreg@top": [0.5, 0.6, 0.7], "logreg": [0.6, 0.7, 0.6], "tabnet@ens": [0.9, 0.9, 0.9]}  # no tabnet
+    long = pd.DataFrame([{"method": method, "split": split, "scheme": "lodo", "metric": metric,
+                          "value": value + (0.01 if metric == "known_macro_f1" else 0.0)}
+                         for method, values in kappa.items() for split, value in zip(splits, values)
+                         for metric in ("known_kappa", "known_macro_f1")])
+    effect = evaluation.ablation_effect(long, registry.variant_pairs).set_index(["method", "metric"])
+    assert sorted(set(effect.index)) == [(m, k) for m in ("logreg@top", "mlp@ens")
+                                         for k in ("known_kappa", "known_macro_f1")]
+    assert set(effect["counterpart"]) == {"logreg", "mlp"}
+    ens = effect.loc[("mlp@ens", "known_kappa")]  # differences 0.05, 0, 0.05
+    assert ens["mean_difference"] == pytest.approx(0.1 / 3)
+    assert ens["sd_difference"] == pytest.approx(np.std([0.05, 0.0, 0.05], ddof=1))
+    assert (ens["n_splits"], ens["wins"], ens["losses"], ens["ties"]) == (3, 2, 0, 1)
+    assert ens["sign_test_p"] == pytest.approx(binomtest(2, 2).pvalue)
+    top = effect.loc[("logreg@top", "known_macro_f1")]  # differences -0.1, -0.1, 0.1
+    assert top["mean_difference"] == pytest.approx(-0.1 / 3) and (top["wins"], top["losses"]) == (1, 2)
 
 
 def test_no_paired_rows_without_a_peer():

@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import anndata as ad
@@ -40,6 +41,30 @@ def test_neural_methods_are_every_allowed_pretraining_and_encoder_pair():
     pairs = {(m.pretrain, m.encoder) for m in registry.METHODS.values() if m.family == "neural"}
     assert pairs == {(None, "mlp"), (None, "transformer"), (None, "tabnet"), ("kmeans", "mlp"),
                      ("kmeans", "transformer"), ("kmeans", "tabnet"), ("masked_bins", "transformer")}
+
+
+def test_every_neural_method_has_an_ens_variant_with_its_base_settings_and_ensemble_n_seeds():
+    plain = [name for name in registry.names("neural") if registry.get(name).variant is None]
+    ens = {m.base: m for m in registry.METHODS.values() if m.variant == registry.ENSEMBLE}
+    assert sorted(ens) == sorted(plain) and all(m.name == f"{base}@ens" for base, m in ens.items())
+    for base, m in ens.items():
+        assert registry.base_name(m.name) == base and not registry.on_selected_genes(m.name)
+        assert replace(m, name=base, base=None, variant=None, description=registry.get(base).description) == (
+            registry.get(base))  # the same family, class, env, settings, encoder, pretraining and rejection
+    assert registry.on_selected_genes("mlp@top") and registry.get("mlp@top").variant == registry.SELECTED
+    assert not any(name.count("@") > 1 for name in registry.METHODS)  # no @top@ens
+    row = registry.method_rows(["mlp@ens"], {})[0]
+    assert row["variant"] == "ens" and row["base"] == "mlp" and "~n_seeds x its base" in row["description"]
+    finetune = {"epochs": 50, "n_seeds": 1, "rejection": "centroid_distance", "ensemble": {"n_seeds": 5},
+                "overrides": {"tabnet": {"lr": 0.02, "n_seeds": 1}, "tabnet@ens": {"rejection": "ensemble_mi"}}}
+    assert registry.finetune_block(finetune, "tabnet@ens") == {"epochs": 50, "n_seeds": 5, "rejection": "ensemble_mi",
+                                                               "lr": 0.02}
+    assert registry.finetune_block(finetune, "tabnet") == {"epochs": 50, "n_seeds": 1,
+                                                           "rejection": "centroid_distance", "lr": 0.02}
+    assert registry.finetune_block(finetune, "mlp@ens")["n_seeds"] == 5
+    assert registry.variant_pairs(["mlp", "mlp@ens", "tabnet@ens", "logreg@top", "logreg"]) == [
+        ("mlp@ens", "mlp"), ("logreg@top", "logreg")]
+    assert registry.pretraining_pairs(["mlp@ens", "kmeans+mlp@ens", "mlp", "kmeans+mlp"]) == [("kmeans+mlp", "mlp")]
 
 
 def test_unknown_method_is_one_line_with_the_known_names():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,21 +35,25 @@ def split_scheme(split: str) -> str:
     return "lodo" if split.startswith("lodo_") else "cv"
 
 
-def pretraining_effect(long: pd.DataFrame) -> pd.DataFrame:
-    """Each pretrained neural method against its counterpart without pretraining (same encoder), where both ran:
+Pairing = Callable[[list[str]], list[tuple[str, str]]]
+
+
+def ablation_effect(long: pd.DataFrame, pairing: Pairing) -> pd.DataFrame:
+    """Each (method, counterpart) pair that ``pairing`` forms of the registered methods in ``long``, where both ran:
     per scheme, the paired per-split differences in ``known_kappa`` and ``known_macro_f1`` (``metrics.paired_effects``).
-    """
-    ran = [name for name in registry.names("neural") if name in set(long["method"])]
-    return metrics.paired_effects(long, registry.pretraining_pairs(ran))
+    ``registry.pretraining_pairs``: each pretrained neural method against the same encoder without pretraining;
+    ``registry.variant_pairs``: each ``<method>@<variant>`` against its base."""
+    ran = [name for name in registry.METHODS if name in set(long["method"])]
+    return metrics.paired_effects(long, pairing(ran))
 
 
 def evaluate_stage(prediction_files: Sequence[str], class_counts_file: str, settings: Mapping[str, Any],
                    output_metrics: str, output_summary: str, output_per_class: str, output_confusion: str,
-                   output_paired: str, output_pretraining: str | None = None,
+                   output_paired: str, output_pretraining: str | None = None, output_variants: str | None = None,
                    finer: Mapping[str, Collection[str]] | None = None) -> None:
     """Score every method × split; write long metrics, mean ± sd summary, per-class scores, confusion counts, the
     paired comparison with the best peer (``metrics.paired_against_best_peer`` on ``known_kappa``) and the paired
-    pretraining effect (``pretraining_effect``).
+    effects of pretraining and of each variant (``ablation_effect``).
 
     Per-class scores and confusion counts cover all test cells on the headline's truth (``metrics.scored_labels``).
     A prediction file holding the ``not_run`` record of a method that could not run is not scored; the summary
@@ -80,8 +84,10 @@ def evaluate_stage(prediction_files: Sequence[str], class_counts_file: str, sett
     io.write_tsv(long, output_metrics)
     long = long.assign(scheme=long["split"].map(split_scheme))
     io.write_tsv(metrics.paired_against_best_peer(long, registry.names("peer")), output_paired)
-    if output_pretraining:
-        io.write_tsv(pretraining_effect(long), output_pretraining)
+    ablations = ((output_pretraining, registry.pretraining_pairs), (output_variants, registry.variant_pairs))
+    for output, pairing in ablations:
+        if output:
+            io.write_tsv(ablation_effect(long, pairing), output)
     summary = metrics.summarise(long)
     not_run_table = pd.DataFrame(not_run, columns=["method", "split", "scheme", "reason"])
     io.write_tsv(metrics.add_not_run(summary, not_run_table), output_summary)

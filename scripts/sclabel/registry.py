@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, replace
 from importlib import import_module, metadata
 from pathlib import Path
@@ -68,7 +69,8 @@ class Method:
     package: str = "scikit-learn"  # the package that implements it (methods.tsv gives its version)
     rejection: str = THRESHOLD_REJECTION  # when it leaves a cell unassigned (methods.tsv's rejection_rule)
     fit_cells: str = "train"  # the split's cells it is fitted on
-    base: str | None = None  # for a ``<method>@top`` variant: the method it runs on the split's selected genes
+    base: str | None = None  # for a ``<method>@<variant>``: the method it varies (whose settings it starts from)
+    variant: str | None = None  # how it varies its base: a ``VARIANT_OF`` key (None: not a variant)
 
     def row(self) -> dict[str, Any]:
         """The method as a flat table row (methods.tsv; ``rejection`` as ``rejection_rule``)."""
@@ -145,18 +147,22 @@ METHODS: dict[str, Method] = {m.name: m for m in [
 ]}
 
 
-# A ``<method>@top`` variant runs its base method on the split's ``features.top_k`` genes chosen by the
-# feature-selection stage (sclabel.features, rule select_features): the selected columns of the matrix, as a new
-# matrix, for the baselines on expression and the neural methods without pretraining (whose encoders are built
-# over the matrix's genes); plain ``<method>`` keeps every gene, so the two form the ablation.
-SELECTED_SUFFIX = "@top"
-SELECTED_TEXT = "on the split's features.top_k genes ranked by chunked linear models on its training cells"
-
-
-def on_selected_genes(method: Method) -> Method:
-    """The ``<method>@top`` variant of ``method``: the same method, trained and predicting on the selected genes."""
-    return replace(method, name=f"{method.name}{SELECTED_SUFFIX}", base=method.name,
-                   description=f"{method.description}, {SELECTED_TEXT}")
+# A variant ``<method>@<kind>`` runs its base method changed in one respect, with the base's settings (and its
+# finetune.overrides), so the two form an ablation: side by side in summary.tsv, paired in variants.tsv.
+# ``@top`` runs it on the split's ``features.top_k`` genes chosen by the feature-selection stage (sclabel.features,
+# rule select_features): the selected columns of the matrix, as a new matrix, for the baselines on expression and
+# the neural methods without pretraining (whose encoders are built over the matrix's genes).
+# ``@ens`` trains it as a deep ensemble of ``finetune.ensemble.n_seeds`` networks (CellTypeAnnotator's n_seeds),
+# for every neural method; the rule, matrix and pretrained encoder are its base's.
+SELECTED = "top"
+ENSEMBLE = "ens"
+VARIANT_TEXT = {
+    SELECTED: "on the split's features.top_k genes ranked by chunked linear models on its training cells",
+    ENSEMBLE: "as a deep ensemble: finetune.ensemble.n_seeds (default 5) networks seeded seed, seed + 1, ..., their "
+              "calibrated probabilities averaged, their disagreement offered as finetune.rejection ensemble_mi (fit "
+              "time ~n_seeds x its base's)",
+}
+VARIANT_SETTINGS = {SELECTED: "features", ENSEMBLE: "finetune.ensemble"}  # the config block each kind adds
 
 
 def selectable(method: Method) -> bool:
@@ -164,7 +170,22 @@ def selectable(method: Method) -> bool:
     return method.family == "baseline" or (method.family == "neural" and method.pretrain is None)
 
 
-METHODS.update({variant.name: variant for variant in map(on_selected_genes, filter(selectable, [*METHODS.values()]))})
+def ensemblable(method: Method) -> bool:
+    """Whether ``method`` has an ``@ens`` variant: it is a neural method (CellTypeAnnotator trains n_seeds members)."""
+    return method.family == "neural"
+
+
+VARIANT_OF: dict[str, Callable[[Method], bool]] = {SELECTED: selectable, ENSEMBLE: ensemblable}
+
+
+def variant(method: Method, kind: str) -> Method:
+    """The ``<method>@<kind>`` variant of ``method``: the same method and settings, changed as ``kind`` says."""
+    return replace(method, name=f"{method.name}@{kind}", base=method.name, variant=kind,
+                   description=f"{method.description}, {VARIANT_TEXT[kind]}")
+
+
+METHODS.update({f"{m.name}@{kind}": variant(m, kind) for kind, has in VARIANT_OF.items()
+                for m in [*METHODS.values()] if m.variant is None and has(m)})
 
 
 class UnknownMethod(ValueError):
@@ -179,8 +200,23 @@ def get(name: str) -> Method:
 
 
 def base_name(name: str) -> str:
-    """The method whose implementation and settings ``name`` uses: itself, or a ``@top`` variant's base."""
+    """The method whose implementation and settings ``name`` uses: itself, or a variant's base."""
     return get(name).base or name
+
+
+def on_selected_genes(name: str) -> bool:
+    """Whether method ``name`` trains and predicts on its split's selected genes (a ``@top`` variant)."""
+    return get(name).variant == SELECTED
+
+
+def finetune_block(finetune: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """The config's finetune block for neural method ``name``: the shared settings, then its base's overrides (for a
+    variant), an ``@ens`` variant's ``ensemble.n_seeds``, then its own overrides; ``overrides`` and ``ensemble``
+    themselves left out."""
+    overrides = finetune.get("overrides", {})
+    ensemble = {"n_seeds": finetune["ensemble"]["n_seeds"]} if get(name).variant == ENSEMBLE else {}
+    return {**{key: value for key, value in finetune.items() if key not in ("overrides", "ensemble")},
+            **overrides.get(base_name(name), {}), **ensemble, **overrides.get(name, {})}
 
 
 def names(*families: str) -> list[str]:
@@ -189,11 +225,17 @@ def names(*families: str) -> list[str]:
 
 
 def pretraining_pairs(names_: list[str]) -> list[tuple[str, str]]:
-    """(pretrained neural method, its counterpart without pretraining: same encoder) for both in ``names_``."""
+    """(pretrained neural method, its counterpart without pretraining: same encoder) for both in ``names_``; variants
+    are left out."""
     plain = {get(name).encoder: name for name in names_
-             if get(name).family == "neural" and get(name).pretrain is None and get(name).base is None}
+             if get(name).family == "neural" and get(name).pretrain is None and get(name).variant is None}
     return [(name, plain[get(name).encoder]) for name in names_
-            if get(name).pretrain is not None and get(name).encoder in plain]
+            if get(name).pretrain is not None and get(name).variant is None and get(name).encoder in plain]
+
+
+def variant_pairs(names_: list[str]) -> list[tuple[str, str]]:
+    """(variant, its base) for both in ``names_``."""
+    return [(name, get(name).base) for name in names_ if get(name).base in names_]
 
 
 def setting_value(config: dict[str, Any], dotted: str) -> Any:
@@ -233,10 +275,11 @@ def markdown_table() -> str:
     """The README's methods table: every registered method, its family, what it is, its env, when it abstains."""
     lines = ["| method | family | what it is | env | abstains when |", "|---|---|---|---|---|"]
     lines += [f"| `{m.name}` | {m.family} | {m.description} | `envs/{m.env}.yaml` | {m.rejection} |"
-              for m in METHODS.values() if m.base is None]
-    variants = ", ".join(f"`{m.name}`" for m in METHODS.values() if m.base)
-    lines.append(f"| {variants} | as its base | its base method (the name without `{SELECTED_SUFFIX}`) "
-                 f"{SELECTED_TEXT} (`features`) | as its base | as its base |")
+              for m in METHODS.values() if m.variant is None]
+    for kind, text in VARIANT_TEXT.items():
+        variants = ", ".join(f"`{m.name}`" for m in METHODS.values() if m.variant == kind)
+        lines.append(f"| {variants} | as its base | its base method (the name without `@{kind}`) {text} "
+                     f"(`{VARIANT_SETTINGS[kind]}`) | as its base | as its base |")
     return "\n".join(lines)
 
 

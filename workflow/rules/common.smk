@@ -55,14 +55,21 @@ if unknown:
         f"config: methods: unknown method(s) {', '.join(unknown)}. Fix: use registered methods "
         f"({', '.join(registry.METHODS)})"
     )
-EMBEDDING = registry.METHODS.get(config["baseline"]["embedding"])
-if EMBEDDING is None or EMBEDDING.pretrain is None:
+# the pretrained encoders (results/pretrain/{name}) the embedding baselines may use: pretrained methods, no variants
+PRETRAINED_ENCODERS = [m for m in registry.names("neural") if registry.get(m).pretrain and not registry.get(m).variant]
+EMBEDDING = config["baseline"]["embedding"]
+if EMBEDDING not in PRETRAINED_ENCODERS:
     raise ValueError(
-        f"config: baseline.embedding: '{config['baseline']['embedding']}' is not a pretrained neural method. "
-        f"Fix: use one of {', '.join(m for m in registry.names('neural') if registry.get(m).pretrain)}"
+        f"config: baseline.embedding: '{EMBEDDING}' is not a pretrained neural method. "
+        f"Fix: use one of {', '.join(PRETRAINED_ENCODERS)}"
     )
+# by default every benchmarked method but the controls, the ensembles and the variants (ablations of another member)
 CONSENSUS_MEMBERS = config["consensus"]["members"] or [
-    m for m in METHODS if registry.METHODS.get(m) and registry.get(m).family not in ("control", "ensemble")
+    m
+    for m in METHODS
+    if registry.METHODS.get(m)
+    and registry.get(m).family not in ("control", "ensemble")
+    and not registry.get(m).variant
 ]
 bad_members = [m for m in CONSENSUS_MEMBERS if registry.METHODS.get(m) is None or registry.get(m).family == "ensemble"]
 if bad_members or ("consensus" in METHODS and not set(CONSENSUS_MEMBERS) <= set(METHODS)):
@@ -170,21 +177,14 @@ def encoder_settings(wildcards):
 
 
 def finetune_settings(method):
-    """The finetune block with the method's overrides applied (a @top variant: its base's, then its own), overrides
-    themselves left out."""
-    settings = {k: v for k, v in config["finetune"].items() if k != "overrides"}
-    overrides = config["finetune"]["overrides"]
-    return {
-        **settings,
-        **overrides.get(registry.base_name(method), {}),
-        **overrides.get(method, {}),
-        "device": torch_device("finetune"),
-    }
+    """The finetune block for the method (registry.finetune_block: a variant's base's overrides, an @ens variant's
+    ensemble.n_seeds, its own overrides), on the stage's device."""
+    return {**registry.finetune_block(config["finetune"], method), "device": torch_device("finetune")}
 
 
 def method_matrix(wildcards):
     """The matrix a method trains and predicts on: its split's selected genes for a @top variant, else all genes."""
-    if registry.get(wildcards.method).base:
+    if registry.on_selected_genes(wildcards.method):
         return f"results/features/{wildcards.get('split', 'final')}.h5ad"
     return "results/data/combined.h5ad"
 

@@ -22,6 +22,11 @@ rule evaluate:
             caption="../report/pretraining.rst",
             category="Benchmark",
         ),
+        variants=report(
+            "results/benchmark/variants.tsv",
+            caption="../report/variants.rst",
+            category="Benchmark",
+        ),
     params:
         settings=config["evaluate"],
     log:
