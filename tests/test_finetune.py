@@ -115,6 +115,27 @@ def test_interrupted_run_resumes_from_checkpoint_and_matches_uninterrupted(pbmc,
         assert _states_equal(last["full"][part], last["resumed"][part]), f"last-epoch {part} weights differ"
 
 
+def test_truncated_checkpoint_is_discarded_with_a_warning_and_training_restarts(pbmc, tmp_path, caplog):
+    settings = replace(SETTINGS, epochs=2, patience=10)
+    full, full_history = _fit(pbmc, settings)
+    with pytest.raises(Interrupted):
+        _fit(pbmc, settings, checkpoint_dir=tmp_path, on_epoch_end=lambda epoch, history: _raise(Interrupted(epoch)))
+    last = tmp_path / "last.pt"
+    last.write_bytes(last.read_bytes()[:last.stat().st_size // 2])  # a disk filled up or a copy cut short
+    epochs_run = []
+    restarted, history = _fit(pbmc, settings, checkpoint_dir=tmp_path,
+                              on_epoch_end=lambda epoch, history: epochs_run.append(epoch))
+    assert epochs_run == [1, 2] and history == full_history
+    assert _states_equal(restarted.network.state_dict(), full.network.state_dict())
+    assert f"{last}: unreadable checkpoint discarded" in caplog.text and "restarts from epoch 1" in caplog.text
+    assert torch.load(last, weights_only=True)["epoch"] == 2  # overwritten by the restarted run
+
+
+def _raise(err: Exception) -> None:
+    """Raise ``err`` (from a lambda)."""
+    raise err
+
+
 def test_checkpoint_of_other_settings_is_refused(pbmc, tmp_path):
     settings = replace(SETTINGS, epochs=1)
     _fit(pbmc, settings, checkpoint_dir=tmp_path)

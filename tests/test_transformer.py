@@ -191,6 +191,20 @@ def test_gene_embedding_init_sets_rows(tmp_path: Path) -> None:
         GeneTransformerEncoder(4, **small, gene_embedding_init=vectors, genes=list("abcd"))
 
 
+@pytest.mark.parametrize(("value", "shown"), [("nan", "nan"), ("inf", "inf"), ("-Infinity", "-Infinity"),
+                                             ("0,5", "0,5"), ("x", "x")])
+def test_gene_vector_file_with_a_non_numeric_or_non_finite_value_is_refused_in_one_line(
+        tmp_path: Path, value: str, shown: str) -> None:
+    vectors = tmp_path / "gene2vec.txt"
+    vectors.write_text(f"MS4A1 1 2 3 4\nNKG7 -1 {value} 0 2\n")
+    with pytest.raises(InputError) as err:
+        GeneTransformerEncoder(4, dim=4, depth=1, heads=1, nb_features=4, gene_embedding_init=vectors,
+                               genes=["CD3E", "MS4A1", "LYZ", "NKG7"])
+    message = str(err.value)
+    assert message.startswith(f"{vectors}: line 2 (NKG7): value '{shown}' is not a finite number")
+    assert "Fix:" in message and "\n" not in message
+
+
 def test_hparams_rebuild_the_encoder() -> None:
     encoder = GeneTransformerEncoder(30, bin_edges=[0.4, 1.0, 2.0], n_bins=5, pooling="max", **TINY)
     rebuilt = GeneTransformerEncoder(n_genes=30, **json.loads(json.dumps(encoder.hparams)))

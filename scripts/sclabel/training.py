@@ -8,6 +8,7 @@ import json
 import logging
 import shutil
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,9 +18,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from sclabel import io, registry, splits
+from sclabel import io, locks, registry, splits
 from sclabel.annotator import LabelledCells, best_on_validation, validation_macro_f1
 from sclabel.errors import InputError
+from sclabel.fetch import sha256sum
 from sclabel.model import CellTypeAnnotator
 from sclabel.nn.encoders import build_encoder, pick_device, seed_everything
 from sclabel.nn.finetune import FinetuneSettings
@@ -151,9 +153,20 @@ def pretrain_stage(pretrain: str, encoder_kind: str, encoder_hparams: Mapping[st
 
 
 def checkpoint_folder(root: str, params: Mapping[str, Any]) -> Path:
-    """A checkpoint folder keyed by the run's settings, so a changed config never resumes a stale run."""
+    """A checkpoint folder keyed by the run's settings and input digests, so a changed config or input never resumes
+    a stale run."""
     key = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return Path(root) / key
+
+
+def content_digests(files: Mapping[str, str | None]) -> dict[str, str | None]:
+    """sha256 of each named file's bytes (None where there is no file), streamed; the time it took is logged."""
+    started = time.perf_counter()
+    digests = {name: sha256sum(Path(path)) if path else None for name, path in files.items()}
+    size = sum(Path(path).stat().st_size for path in files.values() if path)
+    log.info("checkpoint key: sha256 of %s (%.1f MB) in %.1f s", ", ".join(k for k, v in files.items() if v),
+             size / 1e6, time.perf_counter() - started)
+    return digests
 
 
 def finetune_settings(settings: Mapping[str, Any]) -> FinetuneSettings:
@@ -194,12 +207,16 @@ def finetune_stage(method: str, encoder_hparams: Mapping[str, Any], settings: Ma
 
     Only the split's cells are read from disk: training streams them ``buffer_cells`` rows at a time, the validation
     and test cells are predicted and written ``chunk_cells`` at a time (``store_settings``: the config's store block).
+
+    The job holds ``checkpoint_root``'s lock (``locks.job_lock``): a second job for the same method and split refuses
+    while this one runs. Each candidate's checkpoints are keyed by its settings and the sha256 of every file it is
+    computed from (matrix, splits, pretrained encoder, gene vectors): a rerun resumes only from the same inputs.
     """
     _, encoder_kind = parse_method(method)
     store_settings = {"chunk_cells": DEFAULT_CHUNK_CELLS, "buffer_cells": DEFAULT_BUFFER_CELLS,
                       **(store_settings or {})}
     roles = read_split(splits_file, split)
-    with CellStore(input_h5ad) as store:
+    with locks.job_lock(checkpoint_root), CellStore(input_h5ad) as store:
         labels = store.obs["cell_type"].astype(str)
         train, val, test = (roles.index[roles == role] for role in (splits.TRAIN, splits.VAL, splits.TEST))
         if len(val) == 0:
@@ -208,7 +225,10 @@ def finetune_stage(method: str, encoder_hparams: Mapping[str, Any], settings: Ma
         known = set(labels[train])
         all_val, val = val, val[labels[val].isin(known)]
         genes = list(store.var_names)
-        encoder_settings, _ = split_encoder_settings(encoder_hparams)
+        encoder_settings, vectors = split_encoder_settings(encoder_hparams)
+        inputs = {"method": method, "split": split, "encoder": encoder_settings, "preprocessing": dict(preprocessing),
+                  **content_digests({"data": input_h5ad, "splits": splits_file, "pretrained": pretrained,
+                                     "gene_vectors": vectors})}
         state = (read_encoder_file(pretrained, genes)["state"] if pretrained
                  else initial_encoder_state(encoder_kind, encoder_hparams, genes, settings["seed"]))
         validation = LabelledCells(store.view(store.rows_of(val)), labels[val].to_numpy())
@@ -221,9 +241,7 @@ def finetune_stage(method: str, encoder_hparams: Mapping[str, Any], settings: Ma
                                       preprocessing=dict(preprocessing),
                                       config={"method": method, "split": split, "finetune": mode_settings,
                                               "cells": {"train": train.tolist(), "val": val.tolist()}})
-            checkpoints = checkpoint_folder(checkpoint_root, {"method": method, "settings": mode_settings,
-                                                               "split": split, "encoder": encoder_hparams,
-                                                               "pretrained": pretrained})
+            checkpoints = checkpoint_folder(checkpoint_root, {**inputs, "settings": mode_settings})
             history = model.train(store.view(store.rows_of(train)), labels[train], validation.X, labels[val],
                                   finetune_settings(mode_settings), seed=settings["seed"], device=settings["device"],
                                   checkpoint_dir=checkpoints, pretrained_encoder_state=state, progress=PROGRESS,
@@ -243,4 +261,4 @@ def finetune_stage(method: str, encoder_hparams: Mapping[str, Any], settings: Ma
         for ids, output in ((all_val, output_validation), (test, output_predictions)):
             if output:
                 write_annotator_predictions(model, store, labels, ids, output, store_settings["chunk_cells"])
-    shutil.rmtree(checkpoint_root, ignore_errors=True)
+        shutil.rmtree(checkpoint_root, ignore_errors=True)  # the lock inside goes with it

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import pickle
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -22,7 +23,7 @@ from torch import nn
 from torch.utils.data import WeightedRandomSampler
 from tqdm.auto import tqdm
 
-from sclabel.errors import InputError
+from sclabel.errors import InputError, one_line
 from sclabel.io import atomic_path
 from sclabel.nn.encoders import (PRECISIONS, Matrix, autocast, dense_tensor, iterate_minibatches, penalty,
                                  pick_device, predict_batches, seed_everything)
@@ -233,10 +234,25 @@ def _save_checkpoint(path: Path, progress: dict, encoder: nn.Module, head: nn.Mo
         torch.save(checkpoint, tmp)
 
 
-def _load_checkpoint(path: Path, encoder: nn.Module, head: nn.Module, optimizer: torch.optim.Optimizer,
-                     generator: torch.Generator, augment_rng: torch.Generator, run_key: dict) -> dict:
-    """Restore model, optimizer and RNG states from ``path``; returns the saved progress."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+def _read_checkpoint(path: Path) -> dict | None:
+    """A checkpoint's contents; None, with a warning naming the file, when it is truncated or unreadable (training
+    then restarts from epoch 1 and overwrites it)."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as err:
+        problem = one_line(err)[:200]
+    else:
+        if isinstance(checkpoint, dict) and {"run", *_new_progress()} <= checkpoint.keys():
+            return checkpoint
+        problem = "not a fine-tuning checkpoint"
+    log.warning("%s: unreadable checkpoint discarded (%s); training restarts from epoch 1", path, problem)
+    return None
+
+
+def _load_checkpoint(path: Path, checkpoint: dict, encoder: nn.Module, head: nn.Module,
+                     optimizer: torch.optim.Optimizer, generator: torch.Generator, augment_rng: torch.Generator,
+                     run_key: dict) -> dict:
+    """Restore model, optimizer and RNG states from ``path``'s ``checkpoint``; returns the saved progress."""
     if checkpoint["run"] != run_key:
         raise InputError(path, "settings", "checkpoint was written by a run with other settings, seed or data",
                          f"delete {path} or rerun with the settings that wrote it")
@@ -259,7 +275,8 @@ def fit_classifier(encoder: nn.Module, head: nn.Module, X_train: Matrix, y_train
 
     ``X_train`` and ``X_val`` may be in memory or ``store.RowView``s read ``buffer_cells`` rows at a time; the
     result is the same. Leaves the best-epoch weights in the modules. With ``checkpoint_dir`` every epoch is saved to
-    ``last.pt`` and a run finding one continues from it, ending exactly as an uninterrupted run.
+    ``last.pt`` and a run finding one continues from it, ending exactly as an uninterrupted run (an unreadable one is
+    discarded with a warning).
     ``on_epoch_end(epoch, history)`` is called after each epoch's checkpoint. The history lists
     per-epoch scores plus ``best_epoch``, ``best_val_macro_f1``, ``start_epoch`` and ``stopped_early``.
     """
@@ -278,9 +295,9 @@ def fit_classifier(encoder: nn.Module, head: nn.Module, X_train: Matrix, y_train
     model = nn.Sequential(encoder, head)
     run_key = {"settings": asdict(settings), "seed": seed, "n_train": len(y_train), "n_val": len(y_val)}
     checkpoint = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
-    resume = checkpoint is not None and checkpoint.is_file()
-    progress_state = (_load_checkpoint(checkpoint, encoder, head, optimizer, generator, augment_rng, run_key) if resume
-                      else _new_progress())
+    saved = _read_checkpoint(checkpoint) if checkpoint is not None and checkpoint.is_file() else None
+    progress_state = (_load_checkpoint(checkpoint, saved, encoder, head, optimizer, generator, augment_rng, run_key)
+                      if saved is not None else _new_progress())
     start_epoch = progress_state["epoch"] + 1
     epochs = range(start_epoch, settings.epochs + 1) if not progress_state["finished"] else range(0)
     for epoch in tqdm(epochs, desc="fine-tune", disable=not progress):

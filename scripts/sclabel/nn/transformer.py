@@ -172,6 +172,26 @@ class TransformerBlock(nn.Module):
         return self.attention.received(self.attn_norm(h))
 
 
+def _finite(text: str) -> float:
+    """``text`` as a number; NaN when it is not one."""
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan
+
+
+def _vector(path: str | PathLike[str], line_no: int, fields: Sequence[str]) -> list[float]:
+    """The numbers after the gene name on a gene-vector line; a one-line error when one is not a finite number."""
+    values = [_finite(v) for v in fields[1:]]
+    bad = [text for text, value in zip(fields[1:], values) if not math.isfinite(value)]
+    if bad:
+        raise InputError(
+            path, f"line {line_no} ({fields[0]})", f"value '{bad[0]}' is not a finite number",
+            "fix or drop that line, or regenerate the vectors (NaN or inf would make every prediction NaN)",
+        )
+    return values
+
+
 def read_gene_vectors(
     path: str | PathLike[str], genes: Sequence[str], dim: int
 ) -> tuple[list[int], Tensor]:
@@ -192,7 +212,7 @@ def read_gene_vectors(
                 )
             if fields[0] in index:
                 rows.append(index[fields[0]])
-                vectors.append([float(v) for v in fields[1:]])
+                vectors.append(_vector(path, line_no, fields))
     if not rows:
         raise InputError(
             path, "gene names", "no gene of the dataset has a vector in this file",
