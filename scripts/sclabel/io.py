@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
@@ -10,9 +11,24 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sclabel.errors import InputError
+
 if TYPE_CHECKING:
     import anndata as ad
     import pandas as pd
+
+FULL_DISK = (errno.ENOSPC, errno.EDQUOT)
+
+
+def raise_if_disk_full(exc: BaseException | None, dest: Path) -> None:
+    """Turn a full disk or exhausted quota while writing ``dest`` (the error or one it was raised from, as writers
+    wrap it) into a one-line InputError; the caller has removed the partial output."""
+    cause = exc
+    while cause is not None:
+        if isinstance(cause, OSError) and cause.errno in FULL_DISK:
+            raise InputError(dest, "disk", f"no space left on the device ({os.strerror(cause.errno)}); nothing was "
+                             "written", f"free space (or quota) on {dest.parent} and rerun") from exc
+        cause = cause.__cause__ or cause.__context__
 
 
 @contextlib.contextmanager
@@ -26,11 +42,12 @@ def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, dest)
-    except BaseException:
+    except BaseException as exc:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             tmp.unlink(missing_ok=True)
+        raise_if_disk_full(exc, dest)
         raise
 
 
@@ -49,6 +66,9 @@ def atomic_folder(dest: str | os.PathLike[str]) -> Iterator[Path]:
             shutil.rmtree(old)
         else:
             os.replace(tmp, dest)
+    except Exception as exc:
+        raise_if_disk_full(exc, dest)
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
