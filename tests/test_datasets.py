@@ -350,3 +350,85 @@ def test_csv_ids_that_read_as_one_number_stay_distinct(tmp_path, counts):
     spec = write_csv_dataset(tmp_path, counts, ids, ["T", "B"] * 4)
     adata = standard(Path(spec["source"]), **spec, label_key="ct")
     assert adata.obs_names.tolist() == ids and adata.obs["cell_type"].tolist() == ["T", "B"] * 4
+
+
+def real_subset(shared_data: Path, tmp_path: Path, name: str, n_cells: int = 100) -> Path:
+    """``n_cells`` cells of a real dataset (those with non-integer values first), written to ``tmp_path``."""
+    path = tmp_path / f"{name}.h5ad"
+    adata = ad.read_h5ad(shared_data / f"{name}.h5ad")
+    X = sp.csr_matrix(adata.X)
+    fractional = np.add.reduceat(X.data != np.round(X.data), X.indptr[:-1]) * (np.diff(X.indptr) > 0)
+    adata[np.argsort(-fractional, kind="stable")[:n_cells]].copy().write_h5ad(path)
+    return path
+
+
+def test_log_normalised_data_declared_counts_is_refused(shared_data, tmp_path):
+    path = real_subset(shared_data, tmp_path, "pbmc_symphony")  # log1p CP10k as distributed
+    with pytest.raises(InputError) as err:
+        standard(path, label_key="cell_type", values="counts")
+    assert_one_line(err, str(path), "X:", "look log-normalised", "values: log1p")
+    assert standard(path, label_key="cell_type", values="log1p").n_obs == 100
+
+
+def test_integer_counts_declared_log1p_are_refused(shared_data, tmp_path):
+    path = real_subset(shared_data, tmp_path, "pbmc_zheng_sorted")  # raw UMI counts
+    with pytest.raises(InputError) as err:
+        standard(path, label_key="cell_type", values="log1p")
+    assert_one_line(err, str(path), "every value is an integer", "values: counts")
+
+
+def test_values_that_overflow_a_library_size_are_refused(tmp_path, counts, cells, labels):
+    huge = counts.copy()
+    huge.data[0] = 3e38  # finite in float32, but a library size of inf: normalisation would zero the cell
+    path = write_h5ad(tmp_path, huge, cells, {"ct": labels.to_numpy()})
+    with pytest.raises(InputError) as err:
+        standard(path, label_key="ct")
+    assert_one_line(err, str(path), "X: values up to 3e+38", "largest plausible counts")
+
+
+@pytest.mark.parametrize(("name", "values", "warning"), [
+    ("pancreas_cepo", "counts", "non-integer values under values: counts"),  # a Smart-seq batch's estimated counts
+    ("pancreas_xin", "log1p", "per-cell sums of expm1"),  # log-scale, not CP10k
+])
+def test_plausible_but_unusual_scale_warns_and_is_kept(shared_data, tmp_path, caplog, name, values, warning):
+    path = real_subset(shared_data, tmp_path, name)
+    with caplog.at_level("WARNING", logger="sclabel"):
+        assert standard(path, label_key="cell_type", values=values).n_obs > 0
+    assert warning in caplog.text
+
+
+def test_missing_labels_file_is_one_line(tmp_path, counts, cells):
+    spec = write_csv_dataset(tmp_path, counts, cells, ["T", "B"] * 4)
+    spec["labels"] = str(tmp_path / "no_such_labels.csv")
+    with pytest.raises(InputError) as err:
+        standard(Path(spec["source"]), **spec, label_key="ct")
+    assert_one_line(err, "no_such_labels.csv", "labels: file not found", "datasets.<name>.labels")
+
+
+def test_h5ad_without_x_reads_the_declared_counts_layer(tmp_path, counts, cells, labels):
+    path = tmp_path / "layers_only.h5ad"
+    ad.AnnData(obs=pd.DataFrame({"ct": labels.to_numpy()}, index=cells), var=pd.DataFrame(index=GENES),
+               layers={"counts": counts}).write_h5ad(path)
+    adata = standard(path, label_key="ct", values="counts")
+    np.testing.assert_array_equal(adata.X.toarray(), counts.toarray())
+    with pytest.raises(InputError) as err:
+        standard(path, label_key="ct", values="log1p")
+    assert_one_line(err, str(path), "X: the file has no X matrix", "layers: counts")
+
+
+def test_labels_differing_only_in_whitespace_form_one_class(tmp_path, counts, cells, caplog):
+    written = ["T cell", " T cell", "T  cell", "T cell\t", "B", "B ", "B", "B"]
+    path = write_h5ad(tmp_path, counts, cells, {"ct": written})
+    with caplog.at_level("WARNING", logger="sclabel"):
+        adata = standard(path, label_key="ct", label_map={"T   cell ": "T"})
+    assert adata.obs["cell_type"].tolist() == ["T"] * 4 + ["B"] * 4
+    assert "whitespace normalised" in caplog.text
+
+
+def test_outer_join_of_datasets_sharing_no_genes_is_refused(tmp_path, counts, cells, labels):
+    first = standard(write_h5ad(tmp_path, counts, cells, {"ct": labels}), label_key="ct")
+    second = first.copy()
+    second.var_names = [f"X{i}" for i in range(second.n_vars)]
+    with pytest.raises(InputError) as err:
+        qc.combine([first, second], "outer", "keep", ["a", "b"])
+    assert_one_line(err, "a, b", "share no gene names (outer join)", "harmonise.case")

@@ -135,3 +135,23 @@ def test_bad_gmt_fails_enrichment(tmp_path: Path) -> None:
     path.write_text("A\tno genes\n")
     with pytest.raises(InputError, match="line 1"):
         enrich_top_genes(ranking_table("x", ["G1", "G2"]), {"bad": path}, background=["G1", "G2"])
+
+
+def test_names_sharing_a_file_name_get_distinct_enrichment_files(planted, panglao, tmp_path):
+    import anndata as ad
+    import scipy.sparse as sp
+
+    from sclabel import explain, io
+    from sclabel.store import write_store
+
+    ranking, background = planted
+    # "CD4+ T" and "CD4 T" (and the two library names) all reduce to the same file-name-safe text
+    ranking = ranking.assign(cell_type=ranking["cell_type"].map({"bcells": "CD4+ T", "noise": "CD4 T"}))
+    io.write_tsv(ranking, tmp_path / "ranking.tsv")
+    write_store(ad.AnnData(X=sp.csr_matrix((2, len(background)), dtype=np.float32),
+                           var=pd.DataFrame(index=background)), tmp_path / "cells.h5ad")
+    explain.enrich_stage(str(tmp_path / "ranking.tsv"), str(tmp_path / "cells.h5ad"),
+                         {"Panglao A": panglao, "Panglao/A": panglao}, 50, str(tmp_path / "out"))
+    files = [path.name for path in (tmp_path / "out").iterdir()]
+    assert sum(name.endswith(".tsv") for name in files) == 2 and sum(name.endswith(".png") for name in files) == 2
+    assert len({name.casefold() for name in files}) == 4

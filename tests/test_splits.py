@@ -56,3 +56,11 @@ def test_single_class_is_refused():
     labels = pd.Series(["T"] * 10, index=[f"c{i}" for i in range(10)])
     with pytest.raises(InputError, match="only one class.*Fix:"):
         splits.stratified_cv(labels.index, labels, 5, 0.1, seed=0)
+
+
+def test_more_folds_than_cells_in_every_class_is_one_line():
+    labels = pd.Series(["T", "B", "NK"] * 3, index=[f"cell{i}" for i in range(9)])  # 3 cells per class
+    with pytest.raises(InputError) as err:
+        splits.stratified_cv(labels.index, labels, 5, 0.1, seed=0, source="combined.h5ad")
+    message = str(err.value)
+    assert "\n" not in message and "combined.h5ad: split.n_folds" in message and "at most 3" in message

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 import anndata as ad
@@ -10,6 +11,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
+from sclabel import io
 from sclabel.errors import InputError
 from sclabel.store import CellStore, RowWriter, row_blocks, write_store
 
@@ -66,3 +68,20 @@ def test_a_writer_that_fails_leaves_no_file(tmp_path: Path) -> None:
             writer.append(adata.X[:10])
     assert not (tmp_path / "x.h5ad").exists()
     assert not list(tmp_path.iterdir())
+
+
+def test_full_disk_during_an_atomic_write_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
+    def fill_disk(self, path, **options):
+        Path(path).write_text("cell_id\tpart")  # what reached the disk before it filled
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", fill_disk)
+    with pytest.raises(InputError) as err:
+        io.write_tsv(pd.DataFrame({"cell_id": ["a"]}), tmp_path / "out" / "table.tsv")
+    with pytest.raises(InputError) as folder_err:
+        with io.atomic_folder(tmp_path / "out" / "model") as tmp:
+            pd.DataFrame().to_csv(tmp / "weights.tsv")
+    for error, name in ((err, "table.tsv"), (folder_err, "model")):
+        message = str(error.value)
+        assert "\n" not in message and f"{name}: disk: no space left" in message and "Fix: free space" in message
+    assert list((tmp_path / "out").iterdir()) == []

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import anndata as ad
 import h5py
@@ -106,6 +106,7 @@ def read_csv_matrix(path: Path, orientation: str) -> ad.AnnData:
 
 def attach_labels(adata: ad.AnnData, labels_file: Path, label_key: str) -> None:
     """Join a labels table (cell id in the first column) onto ``adata.obs``, every value read as written (text)."""
+    existing(labels_file, "labels")
     table = pd.read_csv(labels_file, sep=None, engine="python", index_col=0, dtype=str, keep_default_na=False)
     check_ids(table.index, labels_file, "cell ids")
     missing = adata.obs_names.difference(table.index)
@@ -116,10 +117,10 @@ def attach_labels(adata: ad.AnnData, labels_file: Path, label_key: str) -> None:
         adata.obs[column] = table.loc[adata.obs_names, column].to_numpy()
 
 
-def existing(path: Path) -> Path:
-    """``path``, refused with a one-line error when it does not exist."""
+def existing(path: Path, field: str = "source") -> Path:
+    """``path``, refused with a one-line error naming the config ``field`` when it does not exist."""
     if not path.exists():
-        raise InputError(path, "source", "file not found", "fix the path in config datasets.<name>.source")
+        raise InputError(path, field, "file not found", f"fix the path in config datasets.<name>.{field}")
     return path
 
 
@@ -145,26 +146,79 @@ def check_shape(n_obs: int, n_vars: int, source: str) -> None:
                          "point the source at a file with cells and genes")
 
 
-def value_summary(data: np.ndarray) -> tuple[int, float]:
-    """(number of non-finite values, smallest value) of a matrix's stored values, for ``check_values``."""
-    return int(np.sum(~np.isfinite(data))), float(data.min()) if data.size else 0.0
+class ValueSummary(NamedTuple):
+    """What ``check_values`` needs of a matrix's stored values (chunks combine with ``merged``)."""
+
+    non_finite: int
+    minimum: float
+    maximum: float
+    integer: bool  # every stored value is a whole number
+    expm1_sums: np.ndarray  # per cell: the sum of expm1 of its values (log1p data: the library size recovered)
 
 
-def check_values(n_non_finite: int, minimum: float, source: str, values: str) -> None:
-    """Refuse non-finite or negative values (counted over the whole matrix, possibly chunk by chunk)."""
-    if n_non_finite:
-        raise InputError(source, "X", f"{n_non_finite} non-finite values (NaN/inf)",
+# the largest value a matrix may hold, per declared scale: larger ones overflow library sizes (float32) or are corrupt
+MAX_VALUE = {"counts": 1e9, "log1p": float(np.log1p(1e9))}
+# non-integer values no larger than this under ``values: counts`` are log-normalised data (log1p of CPM at most ~13.8)
+LOG_SCALE_MAX = 15.0
+CP10K = 1e4
+
+
+def value_summary(X: Any) -> ValueSummary:
+    """Summary of a matrix (or chunk of rows): non-finite count, range, integrality and per-cell expm1 sums."""
+    X = sp.csr_matrix(X)
+    data = X.data.astype(np.float64)
+    finite = np.isfinite(data)
+    linear = sp.csr_matrix((np.expm1(np.minimum(np.where(finite, data, 0.0), 700.0)), X.indices, X.indptr),
+                           shape=X.shape)
+    return ValueSummary(int(np.sum(~finite)), float(data.min()) if data.size else 0.0,
+                        float(data[finite].max()) if finite.any() else 0.0,
+                        bool(np.all(data[finite] == np.round(data[finite]))),
+                        np.asarray(linear.sum(axis=1)).ravel())
+
+
+def merged(parts: Sequence[ValueSummary]) -> ValueSummary:
+    """One summary of the matrix whose row chunks ``parts`` summarise."""
+    return ValueSummary(sum(p.non_finite for p in parts), min((p.minimum for p in parts), default=0.0),
+                        max((p.maximum for p in parts), default=0.0), all(p.integer for p in parts),
+                        np.concatenate([p.expm1_sums for p in parts]) if parts else np.zeros(0))
+
+
+def check_values(summary: ValueSummary, source: str, values: str) -> None:
+    """Refuse non-finite, negative or implausibly large values and a matrix that contradicts the declared ``values``
+    (log-normalised data declared counts, integer counts declared log1p); warn on a plausible but unusual scale."""
+    setting = "datasets.<name>.values"
+    if summary.non_finite:
+        raise InputError(source, "X", f"{summary.non_finite} non-finite values (NaN/inf)",
                          "replace missing values with 0 or remove the affected cells")
-    if minimum < 0:
+    if summary.minimum < 0:
         kind = "negative counts" if values == "counts" else "negative values (scaled data?)"
         raise InputError(source, "X", kind,
                          f"give raw counts or log1p-normalised values; values: is '{values}'")
+    if values == "log1p" and summary.integer and summary.maximum > 0:
+        raise InputError(source, "X", "every value is an integer (raw counts?) under values: log1p",
+                         f"set {setting}: counts, or give log1p-normalised values")
+    if summary.maximum > MAX_VALUE[values]:
+        raise InputError(source, "X", f"values up to {summary.maximum:.3g}, above the largest plausible {values} "
+                         f"value ({MAX_VALUE[values]:.3g}); library sizes would overflow",
+                         "check the matrix for overflowed or corrupt entries (or a wrong values: setting)")
+    if values == "counts" and not summary.integer:
+        if summary.maximum <= LOG_SCALE_MAX:
+            raise InputError(source, "X", f"non-integer values no larger than {summary.maximum:.3g} under "
+                             "values: counts look log-normalised (they would be normalised twice)",
+                             f"set {setting}: log1p, or give the raw counts")
+        log.warning("%s: X: non-integer values under values: counts (ambient-corrected or estimated counts?); "
+                    "normalised as counts", source)
+    sums = summary.expm1_sums[summary.expm1_sums > 0]
+    if values == "log1p" and len(sums) and np.median(sums) > 1.5 * CP10K:
+        log.warning("%s: X: per-cell sums of expm1 (median %.3g) exceed 10^4: not log1p CP10k (log1p CPM or "
+                    "another transform?); harmonise.renormalise: true puts cells on one scale", source,
+                    np.median(sums))
 
 
 def check_matrix(adata: ad.AnnData, source: str, values: str) -> None:
-    """Refuse empty, non-finite or negative matrices with a one-line error."""
+    """Refuse empty, non-finite, negative or mis-declared matrices with a one-line error."""
     check_shape(adata.n_obs, adata.n_vars, source)
-    check_values(*value_summary(adata.X.data if sp.issparse(adata.X) else np.asarray(adata.X)), source, values)
+    check_values(value_summary(adata.X), source, values)
 
 
 def check_ids(ids: pd.Index, source: str, field: str = "obs_names",
@@ -175,8 +229,15 @@ def check_ids(ids: pd.Index, source: str, field: str = "obs_names",
         raise InputError(source, field, f"{len(duplicated)} duplicate cell ids, e.g. '{duplicated[0]}'", fix)
 
 
+def tidy_labels(labels: pd.Series) -> pd.Series:
+    """Labels with surrounding whitespace stripped and inner runs of whitespace made one space (``T  cell`` ->
+    ``T cell``), so that labels differing only in whitespace form one class."""
+    return labels.str.replace(r"\s+", " ", regex=True).str.strip()
+
+
 def label_column(obs: pd.DataFrame, label_key: str, source: str) -> pd.Series:
-    """The label column as strings stripped of surrounding whitespace; refuse a missing column or missing labels.
+    """The label column as strings with whitespace normalised (``tidy_labels``, with a warning); refuse a missing
+    column or missing labels.
 
     A label is missing when it is NaN in the source or blank; any text, ``NA`` or ``None`` included, is a label.
     """
@@ -184,23 +245,30 @@ def label_column(obs: pd.DataFrame, label_key: str, source: str) -> pd.Series:
         raise InputError(source, f"obs['{label_key}']", "label column not found",
                          f"set datasets.<name>.label_key to one of: {', '.join(map(str, obs.columns)) or 'none'}"
                          " or remove it for an unlabelled dataset")
-    labels = obs[label_key].astype(str).str.strip()
+    written = obs[label_key].astype(str)
+    labels = tidy_labels(written)
     missing = obs[label_key].isna().to_numpy() | (labels == "").to_numpy()
     if missing.any():
         raise InputError(source, f"obs['{label_key}']", f"{int(missing.sum())} cells have no label (missing or "
                          f"blank), e.g. cell '{obs.index[missing][0]}'", "drop unlabelled cells or fill the labels")
+    changed = written[written != labels]
+    if len(changed):
+        log.warning("%s: obs['%s']: %d labels with surrounding or repeated whitespace normalised, e.g. %r -> %r",
+                    source, label_key, len(changed), changed.iloc[0], labels[changed.index[0]])
     return labels
 
 
 def label_mapping(spec: Mapping[str, Any], name: str) -> dict[str, str]:
-    """``label_map`` with keys and values as stripped strings; refuse entries YAML did not read as text."""
+    """``label_map`` with keys and values as text, whitespace normalised as ``tidy_labels``; refuse entries YAML did
+    not read as text."""
     mapping = dict(spec.get("label_map") or {})
     odd = [entry for pair in mapping.items() for entry in pair
            if isinstance(entry, bool) or not isinstance(entry, (str, int))]
     if odd:
         raise InputError("config", f"datasets.{name}.label_map", f"{odd[0]!r} is not text (YAML reads null, "
                          "yes/no, true/false and decimals as values)", "quote the label, e.g. 'null': T cell")
-    return {str(key).strip(): str(value).strip() for key, value in mapping.items()}
+    tidy = tidy_labels(pd.Series([str(entry) for pair in mapping.items() for entry in pair], dtype=str)).tolist()
+    return dict(zip(tidy[::2], tidy[1::2]))
 
 
 def cell_types(obs: pd.DataFrame, spec: Mapping[str, Any], name: str, source: str) -> pd.Categorical:
@@ -274,11 +342,23 @@ def standard_uns(spec: Mapping[str, Any], source: str) -> dict[str, Any]:
                         "source": source}}
 
 
+def expression(adata: ad.AnnData, values: str, source: str) -> Any:
+    """The expression matrix: ``X``, or ``layers['counts']`` for a file without ``X`` declared ``values: counts``."""
+    if adata.X is not None:
+        return adata.X
+    if values == "counts" and "counts" in adata.layers:
+        log.info("%s: no X; reading the declared counts from layers['counts']", source)
+        return adata.layers["counts"]
+    raise InputError(source, "X", f"the file has no X matrix (layers: {', '.join(adata.layers) or 'none'})",
+                     "store the expression in X, or raw counts in layers['counts'] with values: counts")
+
+
 def standardise(adata: ad.AnnData, spec: Mapping[str, Any], name: str, source: str) -> ad.AnnData:
     """Convert a dataset read into memory into the standard form described in this module."""
     obs, keep = filter_cells(adata.obs, spec.get("obs_filter"), source)
     obs = standard_obs(obs, spec, name, source)
-    X = adata.X if keep.all() else adata.X[np.flatnonzero(keep)]
+    X = expression(adata, spec.get("values", "counts"), source)
+    X = X if keep.all() else X[np.flatnonzero(keep)]
     standard = ad.AnnData(X=sp.csr_matrix(X, dtype=np.float32), obs=obs, var=standard_var(adata.var_names),
                           uns=standard_uns(spec, source))
     check_matrix(standard, source, spec.get("values", "counts"))
@@ -321,15 +401,14 @@ def stream_h5ad(path: Path, spec: Mapping[str, Any], name: str, source: str, out
         obs = standard_obs(obs, spec, name, source)
         var = standard_var(raw_var.index)
         check_shape(len(obs), len(var), source)
-        n_non_finite, minimum = 0, 0.0
+        summaries = []
         with RowWriter(output, obs, var, standard_uns(spec, source)) as writer:
             for start in range(0, len(keep), chunk_cells):
                 stop = min(start + chunk_cells, len(keep))
                 chunk = sp.csr_matrix(X[start:stop], dtype=np.float32)[np.flatnonzero(keep[start:stop])]
-                bad, low = value_summary(chunk.data)
-                n_non_finite, minimum = n_non_finite + bad, min(minimum, low)
+                summaries.append(value_summary(chunk))
                 writer.append(chunk)
-            check_values(n_non_finite, minimum, source, values)
+            check_values(merged(summaries), source, values)
     return len(obs), len(var)
 
 

@@ -10,8 +10,10 @@ against a seeded sample of that model's training cells (the final split's ``trai
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -137,6 +139,15 @@ def file_slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "unnamed"
 
 
+def file_slugs(names: Sequence[str]) -> dict[str, str]:
+    """A distinct file-name-safe slug per name: ``file_slug``, followed by a hash of the name where two names
+    would share one (``CD4+ T`` and ``CD4 T``, or ``B cell`` and ``b cell`` on a case-insensitive disk)."""
+    slugs = {name: file_slug(name) for name in dict.fromkeys(names)}
+    taken = Counter(slug.casefold() for slug in slugs.values())
+    return {name: slug if taken[slug.casefold()] == 1 else f"{slug}_{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+            for name, slug in slugs.items()}
+
+
 def model_genes(input_h5ad: str) -> list[str]:
     """The genes of the combined matrix, which every model saw (the enrichment background); no matrix is read."""
     with CellStore(input_h5ad) as store:
@@ -151,11 +162,12 @@ def enrich_stage(ranking_file: str, input_h5ad: str, libraries: Mapping[str, str
     ranking = io.read_tsv(ranking_file, ["cell_type", "gene"])
     background = model_genes(input_h5ad)
     results = enrich_top_genes(ranking, libraries, background, top_n=top_n)
+    library_files, type_files = file_slugs(list(libraries)), file_slugs(sorted(ranking["cell_type"].unique()))
     with io.atomic_folder(output_dir) as tmp:
-        for library in libraries:
-            results[results["library"] == library].to_csv(tmp / f"{file_slug(library)}.tsv", sep="\t", index=False)
-        for cell_type in sorted(ranking["cell_type"].unique()):
-            save_figure(dot_plot(results, cell_type), tmp / f"dotplot_{file_slug(cell_type)}.png")
+        for library, slug in library_files.items():
+            results[results["library"] == library].to_csv(tmp / f"{slug}.tsv", sep="\t", index=False)
+        for cell_type, slug in type_files.items():
+            save_figure(dot_plot(results, cell_type), tmp / f"dotplot_{slug}.png")
     best = results.sort_values("adjusted_p_value").groupby(["library", "cell_type"]).head(1)
     log.info("best term per library and type\n%s", best[["library", "cell_type", "term", "adjusted_p_value"]]
              .to_string(index=False))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import shutil
@@ -10,6 +11,8 @@ import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from sclabel.errors import InputError
 
 if TYPE_CHECKING:
     import anndata as ad
@@ -72,6 +75,19 @@ def remove_stale_temps(outputs: Iterable[str | os.PathLike[str]]) -> list[Path]:
             path.unlink(missing_ok=True)
     return removed
 
+FULL_DISK = (errno.ENOSPC, errno.EDQUOT)
+
+
+def raise_if_disk_full(exc: BaseException | None, dest: Path) -> None:
+    """Turn a full disk or exhausted quota while writing ``dest`` (the error or one it was raised from, as writers
+    wrap it) into a one-line InputError; the caller has removed the partial output."""
+    cause = exc
+    while cause is not None:
+        if isinstance(cause, OSError) and cause.errno in FULL_DISK:
+            raise InputError(dest, "disk", f"no space left on the device ({os.strerror(cause.errno)}); nothing was "
+                             "written", f"free space (or quota) on {dest.parent} and rerun") from exc
+        cause = cause.__cause__ or cause.__context__
+
 
 @contextlib.contextmanager
 def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
@@ -83,11 +99,12 @@ def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
         yield tmp
         apply_umask(tmp)
         os.replace(tmp, dest)
-    except BaseException:
+    except BaseException as exc:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             tmp.unlink(missing_ok=True)
+        raise_if_disk_full(exc, dest)
         raise
 
 
@@ -107,6 +124,9 @@ def atomic_folder(dest: str | os.PathLike[str]) -> Iterator[Path]:
             shutil.rmtree(old)
         else:
             os.replace(tmp, dest)
+    except Exception as exc:
+        raise_if_disk_full(exc, dest)
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -200,19 +200,29 @@ def dataset_genes(var_names: pd.Index, case: str) -> pd.Index:
     return ad.utils.make_index_unique(harmonise_gene_names(var_names, case))
 
 
-def combined_genes(genes: Sequence[pd.Index], labelled: Sequence[pd.Index], join: str) -> list[str]:
-    """Genes of the combined data, in the first dataset's order: shared by all, by the labelled ones, or all."""
-    pool = labelled if join == "labelled" else genes
-    if join == "outer":
-        return list(dict.fromkeys(g for names in genes for g in names))
+def shared_genes(pool: Sequence[pd.Index]) -> list[str]:
+    """Genes every dataset of ``pool`` has, in the first one's order."""
     shared = set.intersection(*(set(names) for names in pool))
     return [g for g in pool[0] if g in shared]
 
 
-def check_genes_shared(genes: Sequence[str], names: Sequence[str]) -> None:
-    """Refuse a combination without genes."""
-    if not genes:
-        raise InputError(", ".join(names), "var_names", "the datasets share no gene names",
+def join_pool(genes: Sequence[pd.Index], labelled: Sequence[pd.Index], join: str) -> Sequence[pd.Index]:
+    """The datasets whose genes must overlap: the labelled ones for the ``labelled`` join, else all."""
+    return labelled if join == "labelled" else genes
+
+
+def combined_genes(genes: Sequence[pd.Index], labelled: Sequence[pd.Index], join: str) -> list[str]:
+    """Genes of the combined data, in the first dataset's order: shared by all, by the labelled ones, or all."""
+    if join == "outer":
+        return list(dict.fromkeys(g for names in genes for g in names))
+    return shared_genes(join_pool(genes, labelled, join))
+
+
+def check_genes_shared(genes: Sequence[pd.Index], labelled: Sequence[pd.Index], join: str,
+                       names: Sequence[str]) -> None:
+    """Refuse datasets that share no gene, whatever the join (an outer join would only zero-fill disjoint blocks)."""
+    if not shared_genes(join_pool(genes, labelled, join)):
+        raise InputError(", ".join(names), "var_names", f"the datasets share no gene names ({join} join)",
                          "check gene naming (symbols vs Ensembl ids) or set harmonise.case: upper for mouse/human")
 
 
@@ -258,8 +268,9 @@ def combine(datasets: Sequence[ad.AnnData], join: str, case: str, names: Sequenc
         adata.var_names = dataset_genes(adata.var_names, case)
         renamed.append(adata)
     labelled = [a for a in renamed if "cell_type" in a.obs] or renamed
-    genes = combined_genes([a.var_names for a in renamed], [a.var_names for a in labelled], join)
-    check_genes_shared(genes, names)
+    genes_of, labelled_genes = [a.var_names for a in renamed], [a.var_names for a in labelled]
+    check_genes_shared(genes_of, labelled_genes, join, names)
+    genes = combined_genes(genes_of, labelled_genes, join)
     # every dataset is put on the same genes first, so obs columns (labels!) are joined as a union
     combined = ad.concat([zero_filled(a, genes) for a in renamed], join="outer", merge="same", index_unique=None)
     if combined.obs_names.duplicated().any():
@@ -305,8 +316,8 @@ def harmonise_stores(inputs: Sequence[str | Path], names: Sequence[str], join: s
     try:
         genes_of = [dataset_genes(store.var_names, case) for store in stores]
         labelled = [g for g, store in zip(genes_of, stores) if "cell_type" in store.obs] or genes_of
+        check_genes_shared(genes_of, labelled, join, names)
         genes = combined_genes(genes_of, labelled, join)
-        check_genes_shared(genes, names)
         layers_of = [store.layers for store in stores]
         layers = list(dict.fromkeys(name for names_ in layers_of for name in names_))
         obs = combined_obs([relabelled(store.obs, (relabel or {}).get(name)) for store, name in zip(stores, names)])

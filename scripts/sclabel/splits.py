@@ -34,6 +34,10 @@ def check_labels(labels: pd.Series, source: str, n_folds: int) -> None:
     if len(labels) < n_folds:
         raise InputError(source, "split.n_folds", f"{len(labels)} labelled cells for {n_folds} folds",
                          "lower split.n_folds or add cells")
+    largest = int(labels.value_counts().max())
+    if largest < n_folds:
+        raise InputError(source, "split.n_folds", f"every class has fewer cells than the {n_folds} folds "
+                         f"(largest: {largest})", f"set split.n_folds to at most {largest} or add cells")
 
 
 def carve_validation(train_idx: np.ndarray, labels: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:

@@ -2,8 +2,11 @@
 import re
 import sys
 
+import yaml
+
 sys.path.insert(0, f"{workflow.basedir}/scripts")
 from sclabel import registry  # the method registry: every method name, family, env and resource comes from it
+from sclabel.config_check import check_names
 
 
 EMBEDDING_BASELINES = registry.names("embedding_baseline")
@@ -41,6 +44,11 @@ def smoke_sized(settings):
 if config["smoke"]:
     config["pretrain"] = smoke_sized(config["pretrain"])
     config["finetune"] = smoke_sized(config["finetune"])
+
+
+# names below the top level (baseline blocks, finetune.overrides, interpret.methods, pretrain.datasets, queries)
+with open(f"{workflow.basedir}/workflow/schemas/config.schema.yaml") as schema_file:
+    check_names(config, yaml.safe_load(schema_file))
 
 
 DATASETS = list(config["datasets"])
