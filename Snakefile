@@ -1,5 +1,10 @@
 # sclabel: train, benchmark and explain cell-type annotators for single-cell RNA-seq.
-from snakemake.utils import min_version, validate
+import sys
+
+from snakemake.utils import min_version
+
+sys.path.insert(0, f"{workflow.basedir}/scripts")
+from sclabel.config_check import check_config
 
 min_version("9.0")
 
@@ -10,7 +15,8 @@ if not workflow.overwrite_configfiles:
     configfile: "config/config.yaml"
 
 
-validate(config, "workflow/schemas/config.schema.yaml")
+# the schema (defaults filled in), then every name below the top level; a problem ends the run in one line
+check_config(config, f"{workflow.basedir}/workflow/schemas/config.schema.yaml")
 
 
 # the image `snakemake --containerize > Dockerfile` describes, once built and pushed (see README: containers)

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from snakemake.utils import validate
 
-from sclabel.config_check import check_names
+from sclabel.config_check import check_config, check_names
 from sclabel.errors import InputError
 from workflow_helpers import REPO_ROOT, load_config, snakemake, write_config
 
@@ -71,4 +71,29 @@ def test_snakemake_refuses_a_misspelt_override_before_any_job(tmp_path):
     result = snakemake(tmp_path, write_config(tmp_path, config), "--dry-run", check=False)
     output = result.stdout + result.stderr
     assert result.returncode != 0 and "finetune.overrides: unknown finetuned method 'kmeans+mpl'" in output
+    assert [line for line in output.splitlines() if "profile" not in line] == [output.strip().splitlines()[-1]]
     assert not (tmp_path / "results").exists()
+
+
+SCHEMA_TYPOS = {  # config change -> the one line's start and what it offers
+    "misspelt key, any depth": (lambda c: c.setdefault("finetune", {}).update({"epochz": 3}),
+                                "config: finetune: Additional properties are not allowed ('epochz' was unexpected)",
+                                "use one of epochs, batch_size"),
+    "wrong type": (lambda c: c.setdefault("finetune", {}).update({"epochs": "ten"}),
+                   "config: finetune.epochs: 'ten' is not of type 'integer'", "config/README.md"),
+    "value outside an enum": (lambda c: c["datasets"]["pbmc68k"].update({"values": "log2"}),
+                              "config: datasets.pbmc68k.values: 'log2' is not one of", "use one of counts, log1p"),
+    "unknown method": (lambda c: c.update({"methods": ["logreg", "mlpp"]}), "config: methods: unknown method 'mlpp'",
+                       "kmeans+mlp"),
+}
+
+
+@pytest.mark.parametrize("case", SCHEMA_TYPOS)
+def test_config_errors_at_any_depth_end_the_run_in_one_line(case):
+    change, start, offer = SCHEMA_TYPOS[case]
+    config = copy.deepcopy(load_config())
+    change(config)
+    with pytest.raises(SystemExit) as stop:
+        check_config(config, SCHEMA_FILE)
+    message = str(stop.value.code)
+    assert "\n" not in message and message.startswith(start) and offer in message, message

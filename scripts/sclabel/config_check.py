@@ -1,18 +1,24 @@
-"""Config names below the top level checked against what exists (the schema cannot list them): each a one-line error.
+"""The config checked before any job: its schema, then the names below the top level against what exists (the schema
+cannot list them). Every problem is one line naming the key; ``check_config`` ends the run with it (exit status 1).
 
-The Snakefile validates the config against its schema, then ``workflow/rules/common.smk`` calls ``check_names``.
-Imports only the standard library, jsonschema and the registry, so the Snakefile runs it without any rule env.
+The Snakefile calls ``check_config``. Imports only the standard library, jsonschema, yaml, the registry and (in
+``check_config``) Snakemake's validator, so the Snakefile runs it without any rule env.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 from sclabel import registry
 from sclabel.errors import InputError
 
 CONFIG = "config"
+MAX_PROBLEM_CHARS = 300  # a schema message quoting a large value is cut to this
 # keys of the baseline block that are settings of the block itself, not of one baseline
 BASELINE_BLOCK_KEYS = ("seed", "embedding")
 
@@ -79,11 +85,54 @@ def check_queries(config: Mapping[str, Any]) -> None:
                          "files it would share", "rename the query")
 
 
+def check_methods(config: Mapping[str, Any]) -> None:
+    """Refuse an unregistered method, and an embedding baseline encoder that is no pretrained neural method."""
+    refuse_unknown("methods", config["methods"], registry.METHODS, "method")
+    pretrained = [name for name in registry.names("neural") if registry.get(name).pretrain
+                  and not registry.get(name).variant]
+    refuse_unknown("baseline.embedding", [config["baseline"]["embedding"]], pretrained, "pretrained neural method")
+
+
 def check_names(config: Mapping[str, Any], schema: Mapping[str, Any]) -> None:
-    """Every config name below the top level that the schema cannot check: baseline blocks, finetune overrides,
-    explained methods, pretraining datasets and query names."""
+    """Every config name below the top level that the schema cannot check: methods, baseline blocks, finetune
+    overrides, explained methods, pretraining datasets and query names."""
+    check_methods(config)
     check_baseline_blocks(config)
     check_overrides(config, schema)
     check_interpret_methods(config)
     check_pretrain_datasets(config)
     check_queries(config)
+
+
+def schema_error_line(error: Any) -> str:
+    """A jsonschema ValidationError as one line: the dotted key, what is wrong with its value, and what is allowed."""
+    import jsonschema
+
+    best = jsonschema.exceptions.best_match([error])  # descends into oneOf/anyOf to the error that matters
+    where = ".".join(map(str, best.absolute_path)) or "(top level)"
+    problem = best.message if len(best.message) <= MAX_PROBLEM_CHARS else best.message[:MAX_PROBLEM_CHARS] + "..."
+    if best.validator == "additionalProperties":
+        allowed = f"use one of {', '.join(best.schema.get('properties', {})) or 'no keys'}"
+    elif best.validator == "enum":
+        allowed = f"use one of {', '.join(map(str, best.validator_value))}"
+    else:
+        allowed = f"give {where} the type and range config/README.md lists for it"
+    return str(InputError(CONFIG, where, problem, allowed))
+
+
+def check_config(config: dict[str, Any], schema_file: str | Path) -> None:
+    """Validate ``config`` against the schema (filling in defaults), then check its names; the first problem ends
+    the run with its one line on stderr and exit status 1, instead of a schema dump or a traceback."""
+    import jsonschema
+    from snakemake.exceptions import WorkflowError
+    from snakemake.utils import validate
+
+    try:
+        validate(config, str(schema_file))
+        check_names(config, yaml.safe_load(Path(schema_file).read_text()))
+    except WorkflowError as error:
+        if not isinstance(error.__context__, jsonschema.ValidationError):  # Snakemake wraps the schema's error
+            raise
+        sys.exit(schema_error_line(error.__context__))
+    except InputError as error:
+        sys.exit(str(error))

@@ -2,11 +2,9 @@
 import re
 import sys
 
-import yaml
 
 sys.path.insert(0, f"{workflow.basedir}/scripts")
 from sclabel import registry  # the method registry: every method name, family, env and resource comes from it
-from sclabel.config_check import check_names
 
 
 EMBEDDING_BASELINES = registry.names("embedding_baseline")
@@ -46,31 +44,12 @@ if config["smoke"]:
     config["finetune"] = smoke_sized(config["finetune"])
 
 
-# names below the top level (baseline blocks, finetune.overrides, interpret.methods, pretrain.datasets, queries)
-with open(f"{workflow.basedir}/workflow/schemas/config.schema.yaml") as schema_file:
-    check_names(config, yaml.safe_load(schema_file))
-
-
 DATASETS = list(config["datasets"])
 # dataset -> its label -> Cell Ontology id map (config/ontology/*.tsv), for the datasets that have one
 ONTOLOGY_MAPS = {name: spec["ontology_map"] for name, spec in config["datasets"].items() if spec.get("ontology_map")}
 QUERIES = list(config["annotate"]["queries"])
 METHODS = list(config["methods"])
 NEURAL_METHODS = [m for m in METHODS if registry.METHODS.get(m) and registry.get(m).family == "neural"]
-unknown = sorted(set(METHODS) - set(registry.METHODS))
-if unknown:
-    raise ValueError(
-        f"config: methods: unknown method(s) {', '.join(unknown)}. Fix: use registered methods "
-        f"({', '.join(registry.METHODS)})"
-    )
-# the pretrained encoders (results/pretrain/{name}) the embedding baselines may use: pretrained methods, no variants
-PRETRAINED_ENCODERS = [m for m in registry.names("neural") if registry.get(m).pretrain and not registry.get(m).variant]
-EMBEDDING = config["baseline"]["embedding"]
-if EMBEDDING not in PRETRAINED_ENCODERS:
-    raise ValueError(
-        f"config: baseline.embedding: '{EMBEDDING}' is not a pretrained neural method. "
-        f"Fix: use one of {', '.join(PRETRAINED_ENCODERS)}"
-    )
 # by default every benchmarked method but the controls, the ensembles and the variants (ablations of another member)
 CONSENSUS_MEMBERS = config["consensus"]["members"] or [
     m
