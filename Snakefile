@@ -3,7 +3,9 @@ import sys
 
 from snakemake.utils import min_version
 
-sys.path.insert(0, f"{workflow.basedir}/scripts")
+# this checkout's root: the Snakefile's folder, also when another workflow uses this one as a module
+SCLABEL_ROOT = str(workflow.current_basedir)
+sys.path.insert(0, f"{SCLABEL_ROOT}/scripts")
 from sclabel.config_check import check_config
 
 min_version("9.0")
@@ -16,7 +18,7 @@ if not workflow.overwrite_configfiles:
 
 
 # the schema (defaults filled in), then every name below the top level; a problem ends the run in one line
-check_config(config, f"{workflow.basedir}/workflow/schemas/config.schema.yaml")
+check_config(config, f"{SCLABEL_ROOT}/workflow/schemas/config.schema.yaml")
 
 
 # the image `snakemake --containerize > Dockerfile` describes, once built and pushed (see README: containers)

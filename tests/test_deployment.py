@@ -5,7 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import subprocess
+import sys
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -75,3 +78,29 @@ def test_dockerfile_holds_every_env_file_at_its_current_content():
         # Snakemake names a containerized env by the md5 of its file: a changed env needs a new Dockerfile
         assert hashlib.md5((REPO_ROOT / env).read_bytes()).hexdigest() == prefix, (
             f"{env} changed: regenerate with `python .ci/dockerfile.py > Dockerfile`")
+
+
+MODULE_SNAKEFILE = """configfile: "config.yaml"
+
+
+module sclabel:
+    snakefile:
+        "{snakefile}"
+    config:
+        config
+
+
+use rule * from sclabel as sclabel_*
+"""
+
+
+@pytest.mark.workflow
+def test_deploys_unchanged_as_a_module_of_another_workflow(tmp_path):
+    write_config(tmp_path, load_config())
+    (tmp_path / "Snakefile").write_text(MODULE_SNAKEFILE.format(snakefile=REPO_ROOT / "Snakefile"))
+    result = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "results/splits/splits.tsv"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "rule sclabel_split:" in result.stdout + result.stderr  # the host's names for the module's rules
+    splits = pd.read_csv(tmp_path / "results/splits/splits.tsv", sep="\t")
+    assert len(splits) > 0 and {"train", "test"} <= set(splits.melt()["value"].astype(str))

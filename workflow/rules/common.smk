@@ -1,9 +1,6 @@
 # Names and paths shared by the rules; config values reach rules only through params.
 import re
-import sys
 
-
-sys.path.insert(0, f"{workflow.basedir}/scripts")
 from sclabel import registry  # the method registry: every method name, family, env and resource comes from it
 
 

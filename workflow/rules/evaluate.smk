@@ -48,7 +48,7 @@ rule methods_table:
         ),
     params:
         rows=registry.method_rows(METHODS, config),
-        envs=f"{workflow.basedir}/envs",
+        envs=f"{SCLABEL_ROOT}/envs",
     log:
         "results/logs/methods_table.log",
     benchmark:
