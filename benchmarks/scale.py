@@ -66,7 +66,7 @@ LIBRARY_SIGMA = 0.25  # sd of the log-normal library-size jitter
 GENE_SEED = 7  # the gene space's extra low-rate genes (names, rates) and the library calibration sample
 DEFAULT_METHODS = ("logreg", "mlp", "kmeans+mlp", "celltypist")
 SPLIT_NAME = re.compile(r"^(cv[0-9]+|lodo_.+|final)$")
-EPOCH_RATE = re.compile(r"epoch \d+: .* (\d+) training cells/s$", re.MULTILINE)
+EPOCH_RATE = re.compile(r"epoch \d+(?:/\d+)?: .* (\d+) training cells/s$", re.MULTILINE)
 LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) .* best epoch", re.MULTILINE)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 
 import anndata as ad
@@ -15,6 +16,7 @@ from sklearn.model_selection import train_test_split
 from sclabel.errors import InputError
 from sclabel.qc import align_genes
 from sclabel.model import UNASSIGNED, CellTypeAnnotator
+from sclabel.nn.encoders import time_left
 from sclabel.nn.finetune import FinetuneSettings, class_weights, epoch_order
 
 SETTINGS = FinetuneSettings(epochs=20, batch_size=64, patience=3)
@@ -209,3 +211,18 @@ def test_align_genes_zero_fills_and_refuses_low_overlap(pbmc):
         align_genes(adata, [*model_genes[:2], *(f"MISSING{i}" for i in range(8))], source="query.h5ad")
     message = str(err.value)
     assert message.startswith("query.h5ad: genes:") and "2 of 10" in message and "\n" not in message
+
+
+def test_every_epoch_logs_its_scores_speed_and_time_left(pbmc, caplog):
+    with caplog.at_level(logging.INFO, logger="sclabel.nn.finetune"):
+        _fit(pbmc, replace(SETTINGS, epochs=3, patience=3))
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
+    assert [line.split(":")[0] for line in lines] == ["epoch 1/3", "epoch 2/3", "epoch 3/3"]
+    assert all("val macro F1" in line and "left" in line and line.endswith("training cells/s") for line in lines)
+    assert lines[-1].split("at most ")[1].startswith("0s left")
+
+
+def test_time_left_is_the_mean_epoch_time_times_the_epochs_left():
+    assert time_left([2.0, 4.0], 10) == "30s"
+    assert time_left([61.0], 2) == "2m 02s"
+    assert time_left([400.0], 20) == "2h 13m"

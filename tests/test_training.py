@@ -67,6 +67,9 @@ def assert_abstains_above_the_validation_threshold(query: ad.AnnData) -> None:
     unassigned = query.obs["predicted_cell_type"].astype(str) == "unassigned"
     assert (unassigned == (query.obs["rejection_score"] > threshold)).all()
     assert unassigned.mean() < 0.5
+    raw = query.obs["predicted_cell_type_raw"].astype(str)  # the best guess is kept where the label is unassigned
+    assert (raw[~unassigned] == query.obs["predicted_cell_type"].astype(str)[~unassigned]).all()
+    assert "unassigned" not in set(raw) and set(raw) <= set(query.uns["sclabel_annotation"]["labels"])
 
 
 def test_annotated_query_has_predictions_confidence_and_embedding(symphony_annotation):

@@ -102,8 +102,9 @@ def annotation_counts(obs: pd.DataFrame, query: str, overlap: float) -> pd.DataF
 def annotate_stage(model_dir: str, query_files: Sequence[str], settings: Mapping[str, Any], target_sum: float,
                    outputs: Sequence[str], output_summary: str, chunk_cells: int = DEFAULT_CHUNK_CELLS,
                    member_files: Sequence[Sequence[str]] = ()) -> None:
-    """Label each query dataset with a saved annotator: predicted type, confidence, rejection score (and the
-    method's embedding, when it has one). The consensus combines its members' tables on each query
+    """Label each query dataset with a saved annotator: predicted type (``unassigned`` where the method abstains),
+    its best guess even there (``predicted_cell_type_raw``), confidence, rejection score (and the method's embedding,
+    when it has one). The consensus combines its members' tables on each query
     (``member_files``: per query, one file per member).
 
     Each query file is held in memory for its annotated copy; predictions and embedding go ``chunk_cells`` at a time.
@@ -116,6 +117,7 @@ def annotate_stage(model_dir: str, query_files: Sequence[str], settings: Mapping
                   else score_query(model, query, settings, target_sum, chunk_cells))
         predicted = scores.predicted()
         query.obs["predicted_cell_type"] = pd.Categorical(predicted)
+        query.obs["predicted_cell_type_raw"] = pd.Categorical(scores.classes[scores.probabilities.argmax(axis=1)])
         query.obs["prediction_confidence"] = scores.probabilities.max(axis=1)
         query.obs["rejection_score"] = scores.rejection
         if scores.embedding is not None:

@@ -33,6 +33,15 @@ def pick_device(requested: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
+def time_left(epoch_seconds: list[float], epochs_left: int) -> str:
+    """The remaining epochs at the mean epoch time so far, as ``1h 02m``, ``3m 05s`` or ``12s`` (an upper bound when
+    early stopping may end the loop sooner)."""
+    seconds = round(epochs_left * sum(epoch_seconds) / max(len(epoch_seconds), 1))
+    hours, rest = divmod(seconds, 3600)
+    minutes, seconds = divmod(rest, 60)
+    return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {seconds:02d}s" if minutes else f"{seconds}s"
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (CPU and CUDA) global random generators."""
     random.seed(seed)

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from sclabel.errors import InputError, one_line
 from sclabel.io import atomic_path
 from sclabel.nn.encoders import (PRECISIONS, Matrix, autocast, dense_tensor, iterate_minibatches, penalty,
-                                 pick_device, predict_batches, seed_everything)
+                                 pick_device, predict_batches, seed_everything, time_left)
 from sclabel.store import DEFAULT_BUFFER_CELLS, row_blocks
 
 log = logging.getLogger(__name__)
@@ -300,6 +300,7 @@ def fit_classifier(encoder: nn.Module, head: nn.Module, X_train: Matrix, y_train
                       if saved is not None else _new_progress())
     start_epoch = progress_state["epoch"] + 1
     epochs = range(start_epoch, settings.epochs + 1) if not progress_state["finished"] else range(0)
+    epoch_seconds: list[float] = []
     for epoch in tqdm(epochs, desc="fine-tune", disable=not progress):
         order = epoch_order(y_train, n_classes, settings.imbalance, generator)
         started = time.perf_counter()
@@ -307,8 +308,10 @@ def fit_classifier(encoder: nn.Module, head: nn.Module, X_train: Matrix, y_train
                                   buffer_cells, augment_rng)
         cells_per_s = len(order) / max(time.perf_counter() - started, 1e-9)
         scores = evaluate(model, X_val, y_val, settings.batch_size, buffer_cells)
-        log.info("epoch %d: train loss %.4f, val loss %.4f, val macro F1 %.4f, %.0f training cells/s", epoch,
-                 train_loss, scores["val_loss"], scores["val_macro_f1"], cells_per_s)
+        epoch_seconds.append(time.perf_counter() - started)
+        log.info("epoch %d/%d: train loss %.4f, val loss %.4f, val macro F1 %.4f, at most %s left, %.0f training "
+                 "cells/s", epoch, settings.epochs, train_loss, scores["val_loss"], scores["val_macro_f1"],
+                 time_left(epoch_seconds, settings.epochs - epoch), cells_per_s)
         _record_epoch(progress_state, epoch, train_loss, scores, encoder, head, settings)
         if checkpoint is not None:
             _save_checkpoint(checkpoint, progress_state, encoder, head, optimizer, generator, augment_rng,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -14,8 +16,10 @@ from sklearn.decomposition import PCA
 from torch import nn
 from tqdm.auto import tqdm
 
-from sclabel.nn.encoders import dense_tensor, penalty, pick_device, predict_batches, seed_everything
+from sclabel.nn.encoders import dense_tensor, penalty, pick_device, predict_batches, seed_everything, time_left
 from sclabel.store import DEFAULT_BUFFER_CELLS, DEFAULT_CHUNK_CELLS, Matrix, in_memory, row_blocks, row_chunks
+
+log = logging.getLogger(__name__)
 
 DEFAULT_CLUSTER_SIZES = (50, 100, 200)
 MINIBATCH_SIZE = 4096  # cells per mini-batch K-means step
@@ -150,7 +154,9 @@ def _train_round(datasets: dict[str, Matrix], encoder: nn.Module, labels: dict[s
     steps = max(math.ceil(X.shape[0] / batch_size) for X in datasets.values())
     encoder.train()
     stats = []
-    for _ in (bar := tqdm(range(epochs), desc=desc, disable=not progress)):
+    epoch_seconds: list[float] = []
+    for epoch in (bar := tqdm(range(1, epochs + 1), desc=desc, disable=not progress)):
+        started = time.perf_counter()
         batches = {name: _cycled_batches(X.shape[0], steps, batch_size, rng) for name, X in datasets.items()}
         streams = {name: row_blocks(X, batches[name], buffer_cells) for name, X in datasets.items()}
         sums = dict.fromkeys(datasets, 0.0)
@@ -171,6 +177,10 @@ def _train_round(datasets: dict[str, Matrix], encoder: nn.Module, labels: dict[s
         stats.append({"steps": steps, "dataset_loss": dataset_loss,
                       "cells_seen": {name: int(b.size) for name, b in batches.items()}})
         bar.set_postfix(loss=f"{sum(dataset_loss.values()):.3f}")
+        epoch_seconds.append(time.perf_counter() - started)
+        log.info("%s, epoch %d/%d: loss %.4f, %s left in the round, %.0f cells/s", desc, epoch, epochs,
+                 sum(dataset_loss.values()), time_left(epoch_seconds, epochs - epoch),
+                 sum(stats[-1]["cells_seen"].values()) / max(epoch_seconds[-1], 1e-9))
     return stats
 
 

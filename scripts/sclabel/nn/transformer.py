@@ -21,7 +21,9 @@ one at 3.0 in bin 6. ``log1p(1 CP10k) = 0.69``, so bin 1 holds genes below ~0.65
 
 from __future__ import annotations
 
+import logging
 import math
+import time
 from collections.abc import Iterator, Sequence
 from os import PathLike
 
@@ -33,8 +35,10 @@ from torch.utils.checkpoint import checkpoint
 from tqdm.auto import tqdm
 
 from sclabel.errors import InputError
-from sclabel.nn.encoders import autocast, dense_tensor
+from sclabel.nn.encoders import autocast, dense_tensor, time_left
 from sclabel.store import DEFAULT_BUFFER_CELLS, Matrix, row_blocks
+
+log = logging.getLogger(__name__)
 
 DEFAULT_BIN_EDGES: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0, 3.0)
 POOLINGS = ("mean", "max")
@@ -396,7 +400,9 @@ def pretrain_masked_bins(
     optimiser = torch.optim.AdamW(encoder.parameters(), lr=lr, weight_decay=weight_decay)
     history: dict[str, list[float]] = {"loss": [], "masked_accuracy": []}
     n_batches = math.ceil(X.shape[0] / batch_size)
+    epoch_seconds: list[float] = []
     for epoch in range(epochs):
+        started = time.perf_counter()
         totals = np.zeros(3)  # loss sum, correct, masked
         bar = tqdm(_batches(X, batch_size, order_rng, device, buffer_cells), total=n_batches,
                    desc=f"masked-bin epoch {epoch + 1}/{epochs}", disable=not progress)
@@ -412,4 +418,8 @@ def pretrain_masked_bins(
                 optimiser.zero_grad(set_to_none=True)
         history["loss"].append(float(totals[0] / max(totals[2], 1)))
         history["masked_accuracy"].append(float(totals[1] / max(totals[2], 1)))
+        epoch_seconds.append(time.perf_counter() - started)
+        log.info("masked-bin epoch %d/%d: loss %.4f, masked accuracy %.3f, %s left, %.0f cells/s", epoch + 1, epochs,
+                 history["loss"][-1], history["masked_accuracy"][-1], time_left(epoch_seconds, epochs - epoch - 1),
+                 X.shape[0] / max(epoch_seconds[-1], 1e-9))
     return history
