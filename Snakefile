@@ -27,6 +27,10 @@ if config["container"]:
     containerized: config["container"]
 
 
+# the report's landing page: what this workflow does and what this config ran
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/download.smk"
 include: "workflow/rules/qc.smk"
@@ -48,6 +52,8 @@ rule all:
         "results/benchmark/summary.tsv",
         "results/benchmark/methods.tsv",
         "results/benchmark/selections.tsv",
+        "results/report/run.html",
+        "results/report/summary.html",
         "results/report/kappa.png",
         "results/report/per_class_f1.png",
         expand("results/report/confusion/{method}.png", method=METHODS),

@@ -20,7 +20,7 @@ from types import ModuleType
 import pytest
 
 from sclabel import registry
-from workflow_helpers import REPO_ROOT, load_config, snakemake
+from workflow_helpers import REPO_ROOT, load_config, snakemake, write_config
 
 PROFILE = REPO_ROOT / "workflow" / "profiles" / "slurm"
 TORCH_RULES = ("pretrain", "finetune", "train_final")
@@ -211,14 +211,17 @@ def slurm_job(job_id: str) -> dict[str, str]:
 @pytest.mark.slurm
 @pytest.mark.workflow
 def test_default_workflow_runs_through_slurm(slurm, tmp_path):
-    """The default config (bundled pbmc68k_reduced, logreg + mlp + kmeans+mlp, 5 folds) end to end, every job
+    """The default config (bundled pbmc68k_reduced, logreg + mlp + kmeans+mlp + consensus) end to end, every job
     but `all` submitted with sbatch by the profile's helpers and polled through scontrol.
 
-    The config is the repository's, unchanged; only the status polling interval is shortened from 10 s to 2 s.
-    About 4-5 minutes on 2 cores (41 SLURM jobs, 2 at a time).
+    The config is the repository's with 2 folds instead of 5 and the smoke sizes (each neural stage at most 2 epochs:
+    what SLURM sees of a job does not depend on its length); the status polling interval is shortened from 10 s to
+    2 s. About 2 minutes on 2 cores (27 SLURM jobs, 2 at a time).
     """
-    result = snakemake(tmp_path, REPO_ROOT / "config" / "config.yaml", "--workflow-profile", str(PROFILE),
-                       "--jobs", "2", "--seconds-between-status-checks", "2")
+    config = load_config()
+    config.update(smoke=True, split={**config["split"], "n_folds": 2})
+    result = snakemake(tmp_path, write_config(tmp_path, config), "--workflow-profile", str(PROFILE), "--jobs", "2",
+                       "--seconds-between-status-checks", "2")
     text = result.stdout + result.stderr
     methods = load_config()["methods"]
     explained = [m for m in methods if registry.get(m).explains]  # the consensus ranks no genes

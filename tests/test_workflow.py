@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import json
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -90,6 +92,22 @@ def test_report_renders(default_run):
     snakemake(workdir, configfile, "--report", str(workdir / "report.html"))
     html = (workdir / "report.html").read_text(errors="ignore")
     assert "summary.tsv" in html and "kappa.png" in html
+    assert "run.html" in html and "summary.html" in html and "1. Run" in html and "2. Benchmark" in html
+    assert "This run: datasets pbmc68k" in html  # the landing page is rendered from the config
+
+
+def test_report_landing_page_in_a_headless_browser(default_run):
+    """What a browser shows first: the run description and the categories holding the run and summary pages."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if browser is None:
+        pytest.skip("no headless browser (chromium) on this machine: apt-get install chromium")
+    workdir, configfile = default_run
+    report = workdir / "browser_report.html"
+    snakemake(workdir, configfile, "--report", str(report))
+    dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
+                          "--dump-dom", report.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    text = re.sub(r"<[^>]+>", " ", re.sub(r"<(script|style)\b.*?</\1>", " ", dom, flags=re.S))
+    assert "This run: datasets pbmc68k" in text and "1. Run" in text and "2. Benchmark" in text
 
 
 def test_nothing_to_do_after_a_complete_run(default_run):

@@ -29,3 +29,33 @@ rule report_figures:
         "../../envs/report.yaml"
     script:
         "../../scripts/report_figures.py"
+
+
+rule report_pages:
+    input:
+        summary="results/benchmark/summary.tsv",
+        paired="results/benchmark/paired.tsv",
+        methods="results/benchmark/methods.tsv",
+        genes="results/qc/genes.tsv",
+        classes="results/splits/class_counts.tsv",
+    output:
+        run=report(
+            "results/report/run.html",
+            caption="../report/run.rst",
+            category="1. Run",
+        ),
+        summary=report(
+            "results/report/summary.html",
+            caption="../report/summary_page.rst",
+            category="2. Benchmark",
+        ),
+    params:
+        split=config["split"],
+    log:
+        "results/logs/report_pages.log",
+    benchmark:
+        "results/benchmarks/report_pages.tsv"
+    conda:
+        "../../envs/report.yaml"
+    script:
+        "../../scripts/report_pages.py"
