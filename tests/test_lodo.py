@@ -88,7 +88,8 @@ def test_finetune_change_reruns_finetune_evaluate_report_only(symphony_lodo, tmp
     config = yaml.safe_load(configfile.read_text())
     config["finetune"]["patience"] = 5
     assert planned_jobs(workdir, write_config(tmp_path, config)) == {  # interpretation is off in this sweep
-        "finetune": 6, "evaluate": 1, "report_figures": 1, "methods_table": 1, "selections": 1, "all": 1}
+        "finetune": 6, "evaluate": 1, "report_figures": 1, "report_pages": 1, "methods_table": 1, "selections": 1,
+        "all": 1}
     config["qc"]["min_genes"] = 150
     jobs = planned_jobs(workdir, write_config(tmp_path, config))
     assert jobs["qc"] == 2 and jobs["harmonise"] == 1 and jobs["split"] == 1 and "download" not in jobs

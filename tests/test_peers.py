@@ -351,8 +351,8 @@ def test_workflow_reports_a_peer_that_cannot_run(peer_run, tmp_path):
     config["peers"] = {"celltypist": {"renormalise": False}}  # Symphony's cells sum to < 10,000: CellTypist refuses
     configfile = write_config(tmp_path, config)
     # methods.tsv lists the settings the config gives each method, so it follows a peer's settings too
-    assert planned_jobs(workdir, configfile) == {"peer": 1, "evaluate": 1, "report_figures": 1, "methods_table": 1,
-                                                 "selections": 1, "all": 1}
+    assert planned_jobs(workdir, configfile) == {"peer": 1, "evaluate": 1, "report_figures": 1, "report_pages": 1,
+                                                 "methods_table": 1, "selections": 1, "all": 1}
     snakemake(workdir, configfile)
     summary = pd.read_csv(workdir / "results/benchmark/summary.tsv", sep="\t").set_index(["method", "metric"])
     assert summary.loc[("celltypist", "known_kappa"), "mean_sd"] == (

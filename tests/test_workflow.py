@@ -114,7 +114,7 @@ def test_nothing_to_do_after_a_complete_run(default_run):
     assert planned_jobs(*default_run) == {}
 
 
-REPORT = {"evaluate": 1, "report_figures": 1, "all": 1}
+REPORT = {"evaluate": 1, "report_figures": 1, "report_pages": 1, "all": 1}
 # selections.tsv gathers what every retrained model chose on validation cells; the consensus recombines its members
 AFTER_RETRAINING = {"selections": 1, "consensus": 5}
 METHODS_TABLE = {"methods_table": 1}  # methods.tsv lists each method's configured settings
