@@ -199,7 +199,7 @@ def runs(args: argparse.Namespace, data: str) -> list[Run]:
     for task in args.tasks:
         batch_sizes = args.batch_sizes or [default_batch.get(task, 128)]
         if task == "masked_bins pretrain (transformer)":
-            batch_sizes = [min(batch_sizes) if args.batch_sizes else 16]
+            batch_sizes = [min(batch_sizes)]  # one pretraining run, at the smallest batch asked for
         if task == "kmeans pretrain (mlp)":
             batch_sizes = [128]
         precisions = ["fp32"] if task in ("kmeans pretrain (mlp)", "bf16 vs fp32 (mlp)") else args.precision
