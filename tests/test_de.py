@@ -73,6 +73,20 @@ def test_deseq2_recovers_planted_fold_change(simulated: ad.AnnData) -> None:
     assert fig.axes[0].get_title() == "bcell: B vs A"
 
 
+def test_genes_below_min_counts_are_not_tested(simulated: ad.AnnData) -> None:
+    contrast = ("condition", "B", "A")
+    every, _ = pseudobulk_de(simulated, "sample", "condition", contrast, cell_type="tcell")
+    tcells = simulated[simulated.obs["cell_type"] == "tcell"]
+    totals = pd.Series(np.asarray(tcells.X.sum(axis=0)).ravel(), index=simulated.var_names)
+    threshold = int(totals.median())
+    filtered, _ = pseudobulk_de(simulated, "sample", "condition", contrast, cell_type="tcell", min_counts=threshold)
+    assert set(every["gene"]) == set(totals.index[totals > 0])
+    assert set(filtered["gene"]) == set(totals.index[totals >= threshold])
+    assert 0 < len(filtered) < len(every)
+    planted = filtered.set_index("gene").loc[PLANTED_GENE]
+    assert planted["log2_fold_change"] > 2 and planted["adjusted_p_value"] < 1e-3
+
+
 def test_one_sample_per_condition_is_skipped_with_reason() -> None:
     adata = simulate(n_samples=2, seed=1)
     results, skipped = pseudobulk_de(adata, "sample", "condition", ("condition", "B", "A"), cell_type="bcell")
@@ -125,7 +139,7 @@ def test_pseudobulk_stage_streams_the_store_and_equals_the_in_memory_de(simulate
     sc.pp.log1p(adata)
     write_store(adata, tmp_path / "combined.h5ad")
     settings = {"sample_key": "sample", "condition_key": "condition", "contrast": ["condition", "B", "A"],
-                "min_cells": 10}
+                "min_cells": 10, "min_counts": 1}
     outputs = [tmp_path / name for name in ("de.tsv", "skipped.tsv", "volcano.png")]
     pseudobulk_stage(str(tmp_path / "combined.h5ad"), settings, *map(str, outputs), chunk_cells=17)
     streamed = pd.read_csv(outputs[0], sep="\t")
@@ -144,7 +158,7 @@ def test_streamed_pseudobulk_refuses_non_integer_counts_by_chunk(simulated: ad.A
     adata.X = adata.X * 0.5
     write_store(adata, tmp_path / "combined.h5ad")
     settings = {"sample_key": "sample", "condition_key": "condition", "contrast": ["condition", "B", "A"],
-                "min_cells": 10}
+                "min_cells": 10, "min_counts": 1}
     with pytest.raises(InputError, match="not raw integer counts"):
         pseudobulk_stage(str(tmp_path / "combined.h5ad"), settings, *(str(tmp_path / n) for n in "abc"),
                          chunk_cells=50)

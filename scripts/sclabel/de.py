@@ -120,13 +120,16 @@ def summed_pseudobulk(obs: pd.DataFrame, counts: CountChunks, genes: Sequence[st
     return table.loc[keep], metadata.loc[keep]
 
 
-def deseq(counts: pd.DataFrame, condition: pd.Series, test: str, reference: str) -> pd.DataFrame:
-    """pydeseq2 Wald test of ``test`` vs ``reference`` (design ~condition) on one cell type's pseudobulks."""
+def deseq(counts: pd.DataFrame, condition: pd.Series, test: str, reference: str, min_counts: int = 1) -> pd.DataFrame:
+    """pydeseq2 Wald test of ``test`` vs ``reference`` (design ~condition) on one cell type's pseudobulks.
+
+    Genes with fewer than ``min_counts`` counts summed over these pseudobulks are not tested (pydeseq2's own filter).
+    """
     # Imported here: importing pydeseq2.dds silences FutureWarning process-wide (warnings.simplefilter).
     from pydeseq2.dds import DeseqDataSet
     from pydeseq2.ds import DeseqStats
 
-    counts = counts.loc[:, counts.sum(axis=0) > 0]
+    counts = counts.loc[:, counts.sum(axis=0) >= max(min_counts, 1)]
     metadata = pd.DataFrame({"condition": condition.astype(str).to_numpy()}, index=counts.index)
     dds = DeseqDataSet(counts=counts, metadata=metadata, design="~condition", n_cpus=1, quiet=True)
     dds.deseq2()
@@ -159,18 +162,18 @@ def check_contrast(obs: pd.DataFrame, sample_key: str, condition_key: str, contr
 
 
 def pseudobulk_de(adata: ad.AnnData, sample_key: str, condition_key: str, contrast: tuple[str, str, str],
-                  cell_type: str | None = None, min_cells: int = 10,
-                  cell_type_key: str = "cell_type") -> tuple[pd.DataFrame, pd.DataFrame]:
+                  cell_type: str | None = None, min_cells: int = 10, cell_type_key: str = "cell_type",
+                  min_counts: int = 1) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per-cell-type pseudobulk DESeq2 of contrast (column, test, reference): (results, skipped cell types + reason)."""
     return streamed_pseudobulk_de(adata.obs, lambda rows: [(np.arange(len(rows)), count_matrix(adata[rows]))],
                                   adata.var_names, sample_key, condition_key, contrast, cell_type, min_cells,
-                                  cell_type_key)
+                                  cell_type_key, min_counts)
 
 
 def streamed_pseudobulk_de(obs: pd.DataFrame, read_counts: Callable[[np.ndarray], CountChunks], genes: Sequence[str],
                            sample_key: str, condition_key: str, contrast: tuple[str, str, str],
-                           cell_type: str | None = None, min_cells: int = 10,
-                           cell_type_key: str = "cell_type") -> tuple[pd.DataFrame, pd.DataFrame]:
+                           cell_type: str | None = None, min_cells: int = 10, cell_type_key: str = "cell_type",
+                           min_counts: int = 1) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``pseudobulk_de`` where ``read_counts(rows)`` yields the raw counts of obs rows ``rows`` in chunks.
 
     Each chunk's positions count from 0 within ``rows``; only one chunk and the per-sample sums are in memory.
@@ -195,7 +198,7 @@ def streamed_pseudobulk_de(obs: pd.DataFrame, read_counts: Callable[[np.ndarray]
             skipped.append({"cell_type": name, "reason": f"{TOO_FEW_SAMPLES} ({test}: {n_test}, {reference}: "
                                                          f"{n_reference} samples with >= {min_cells} cells)"})
             continue
-        table = deseq(counts.loc[rows], metadata.loc[rows, condition_key], test, reference)
+        table = deseq(counts.loc[rows], metadata.loc[rows, condition_key], test, reference, min_counts)
         results.append(table.assign(cell_type=name)[DE_COLUMNS])
     tidy = pd.concat(results, ignore_index=True) if results else pd.DataFrame(columns=DE_COLUMNS)
     return tidy, pd.DataFrame(skipped, columns=SKIP_COLUMNS)

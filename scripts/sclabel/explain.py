@@ -226,7 +226,7 @@ def pseudobulk_stage(input_h5ad: str, settings: Mapping[str, Any], output_table:
         results, skipped = streamed_pseudobulk_de(
             obs, lambda cells: store_counts(store, rows[cells], chunk_cells), store.var_names,
             settings["sample_key"], settings["condition_key"], tuple(settings["contrast"]),
-            min_cells=settings["min_cells"])
+            min_cells=settings["min_cells"], min_counts=settings["min_counts"])
     for row in skipped.itertuples():
         log.warning("pseudobulk DE skipped for %s: %s", row.cell_type, row.reason)
     io.write_tsv(results, output_table)
