@@ -57,6 +57,7 @@ rule all:
         "results/report/kappa.png",
         "results/report/per_class_f1.png",
         expand("results/report/confusion/{method}.png", method=METHODS),
+        "results/report/label_efficiency.png" if LABEL_SWEEP else [],
         "results/annotate/summary.tsv" if QUERIES else [],
         interpretation_outputs(),
     default_target: True

@@ -13,6 +13,7 @@ import pandas as pd
 
 from sclabel import io, metrics, registry
 from sclabel.annotator import MANIFEST
+from sclabel.split_names import group_columns, label_fraction
 
 log = logging.getLogger("sclabel")
 SELECTION_COLUMNS = ["method", "split", "setting", "chosen", "validation_macro_f1", "converged"]
@@ -38,19 +39,24 @@ def split_scheme(split: str) -> str:
 Pairing = Callable[[list[str]], list[tuple[str, str]]]
 
 
+def registered_ran(long: pd.DataFrame) -> list[str]:
+    """The registered methods that have scores in ``long``, in registry order."""
+    return [name for name in registry.METHODS if name in set(long["method"])]
+
+
 def ablation_effect(long: pd.DataFrame, pairing: Pairing) -> pd.DataFrame:
     """Each (method, counterpart) pair that ``pairing`` forms of the registered methods in ``long``, where both ran:
     per scheme, the paired per-split differences in ``known_kappa`` and ``known_macro_f1`` (``metrics.paired_effects``).
     ``registry.pretraining_pairs``: each pretrained neural method against the same encoder without pretraining;
     ``registry.variant_pairs``: each ``<method>@<variant>`` against its base."""
-    ran = [name for name in registry.METHODS if name in set(long["method"])]
-    return metrics.paired_effects(long, pairing(ran))
+    return metrics.paired_effects(long, pairing(registered_ran(long)))
 
 
 def evaluate_stage(prediction_files: Sequence[str], class_counts_file: str, settings: Mapping[str, Any],
                    output_metrics: str, output_summary: str, output_per_class: str, output_confusion: str,
                    output_paired: str, output_pretraining: str | None = None, output_variants: str | None = None,
-                   finer: Mapping[str, Collection[str]] | None = None) -> None:
+                   finer: Mapping[str, Collection[str]] | None = None,
+                   output_label_efficiency: str | None = None) -> None:
     """Score every method × split; write long metrics, mean ± sd summary, per-class scores, confusion counts, the
     paired comparison with the best peer (``metrics.paired_against_best_peer`` on ``known_kappa``) and the paired
     effects of pretraining and of each variant (``ablation_effect``).
@@ -59,6 +65,10 @@ def evaluate_stage(prediction_files: Sequence[str], class_counts_file: str, sett
     A prediction file holding the ``not_run`` record of a method that could not run is not scored; the summary
     shows that method as ``not run: <reason>`` (``metrics.add_not_run``). With ``finer`` (``ontology.finer_labels``)
     the metrics add the ontology-aware ``ontology_accuracy`` and ``ontology_macro_f1``.
+
+    With ``output_label_efficiency`` (a ``split.label_fractions`` sweep), every table but the metrics, per-class and
+    confusion tables is also grouped by ``label_fraction`` (``split_names.label_fraction`` of the split: a column
+    after ``scheme``), and ``metrics.label_efficiency`` of the pretraining pairs is written there.
     """
     class_counts = io.read_tsv(class_counts_file, ["split", "cell_type"])
     metric_rows, class_rows, confusion_rows, not_run = [], [], [], []
@@ -68,7 +78,8 @@ def evaluate_stage(prediction_files: Sequence[str], class_counts_file: str, sett
         if metrics.NOT_RUN in table.columns:
             reason = str(table[metrics.NOT_RUN].iloc[0])
             log.warning("%s on %s: not run: %s", method, split, reason)
-            not_run.append({"method": method, "split": split, "scheme": split_scheme(split), "reason": reason})
+            not_run.append({"method": method, "split": split, "scheme": split_scheme(split),
+                            "label_fraction": label_fraction(split), "reason": reason})
             continue
         trained_on = training_labels(class_counts, split)
         scores = metrics.benchmark_scores(table, trained_on, settings["unassigned_threshold"],
@@ -83,13 +94,17 @@ def evaluate_stage(prediction_files: Sequence[str], class_counts_file: str, sett
     long = pd.DataFrame(metric_rows, columns=["method", "split", "metric", "value"])
     io.write_tsv(long, output_metrics)
     long = long.assign(scheme=long["split"].map(split_scheme))
+    if output_label_efficiency:
+        long = long.assign(label_fraction=long["split"].map(label_fraction))
+        io.write_tsv(metrics.label_efficiency(long, registry.pretraining_pairs(registered_ran(long))),
+                     output_label_efficiency)
     io.write_tsv(metrics.paired_against_best_peer(long, registry.names("peer")), output_paired)
     ablations = ((output_pretraining, registry.pretraining_pairs), (output_variants, registry.variant_pairs))
     for output, pairing in ablations:
         if output:
             io.write_tsv(ablation_effect(long, pairing), output)
     summary = metrics.summarise(long)
-    not_run_table = pd.DataFrame(not_run, columns=["method", "split", "scheme", "reason"])
+    not_run_table = pd.DataFrame(not_run, columns=["method", "split", *group_columns(long), "reason"])
     io.write_tsv(metrics.add_not_run(summary, not_run_table), output_summary)
     io.write_tsv(pd.concat(class_rows, ignore_index=True) if class_rows else pd.DataFrame(
         columns=["cell_type", "precision", "recall", "f1", "support", "method", "split"]), output_per_class)

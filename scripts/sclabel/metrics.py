@@ -15,7 +15,9 @@ from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-from scipy.stats import binomtest
+from scipy.stats import binomtest, t
+
+from sclabel.split_names import group_columns
 
 UNASSIGNED = "unassigned"
 PROBA_PREFIX = "proba:"
@@ -27,6 +29,9 @@ HEADLINE_METRICS = ("known_accuracy", "known_kappa", "known_macro_f1", "known_ab
 PAIRED_COLUMNS = ["scheme", "method", "best_peer", "metric", "n_splits", "mean_difference", "sd_difference", "wins",
                   "losses", "ties", "sign_test_p"]
 EFFECT_COLUMNS = ["scheme", "method", "counterpart", *PAIRED_COLUMNS[3:]]
+EFFICIENCY_METRICS = ("known_kappa", "known_macro_f1")
+EFFICIENCY_COLUMNS = ["scheme", "label_fraction", "method", "metric", "n", "mean", "sd", "counterpart", "n_pairs",
+                      "difference", "difference_low", "difference_high"]
 
 
 def label_order(y_true: Sequence[str], y_pred: Sequence[str]) -> list[str]:
@@ -98,8 +103,8 @@ def confusion_long(matrix: np.ndarray, labels: Sequence[str]) -> pd.DataFrame:
 
 
 def summarise(long: pd.DataFrame) -> pd.DataFrame:
-    """Mean, standard deviation (ddof=1) and count of each metric over splits, per method (and scheme when given)."""
-    keys = ["method", "scheme", "metric"] if "scheme" in long else ["method", "metric"]
+    """Mean, standard deviation (ddof=1) and count of each metric over splits, per method (and ``group_columns``)."""
+    keys = ["method", *group_columns(long), "metric"]
     grouped = long.groupby(keys)["value"]
     summary = grouped.agg(mean="mean", sd="std", n_splits="count").reset_index()
     summary["sd"] = summary["sd"].fillna(0.0)
@@ -108,35 +113,38 @@ def summarise(long: pd.DataFrame) -> pd.DataFrame:
 
 
 def add_not_run(summary: pd.DataFrame, not_run: pd.DataFrame) -> pd.DataFrame:
-    """``summary`` (per method, scheme, metric) with the methods that did not run on some splits marked.
+    """``summary`` (per method, ``group_columns``, metric) with the methods that did not run on some splits marked.
 
-    ``not_run`` has columns method, split, scheme, reason. A method that ran on no split of a scheme gets a row for
-    every metric of that scheme (the headline metrics when no method has any) with NaN mean and sd, ``n_splits`` 0
-    and ``mean_sd`` ``not run: <reason>``; one that ran on some splits keeps its scores, with ``(not run on <splits>:
-    <reason>)`` appended to ``mean_sd``. Reasons that differ between splits are listed per split.
+    ``not_run`` has columns method, split, the ``group_columns`` of ``summary`` and reason. A method that ran on no
+    split of a scheme (and label fraction) gets a row for every metric of that group (the headline metrics when no
+    method has any) with NaN mean and sd, ``n_splits`` 0 and ``mean_sd`` ``not run: <reason>``; one that ran on some
+    splits keeps its scores, with ``(not run on <splits>: <reason>)`` appended to ``mean_sd``. Reasons that differ
+    between splits are listed per split.
     """
     if not_run.empty:
         return summary
     summary = summary.copy()
+    keys = group_columns(summary)
     added = []
-    for (method, scheme), rows in not_run.groupby(["method", "scheme"], sort=True):
+    for (method, *group), rows in not_run.groupby(["method", *keys], sort=True):
         reasons = rows["reason"].astype(str).unique()
         if len(reasons) == 1:
             why = reasons[0]
         else:
             why = "; ".join(f"{split}: {reason}" for split, reason in zip(rows["split"], rows["reason"]))
-        mine = (summary["method"] == method) & (summary["scheme"] == scheme)
+        in_group = (summary[keys] == group).all(axis=1)
+        mine = in_group & (summary["method"] == method)
         if mine.any():
             splits = ", ".join(rows["split"])
             summary.loc[mine, "mean_sd"] = summary.loc[mine, "mean_sd"] + f" (not run on {splits}: {why})"
             continue
-        known = summary.loc[summary["scheme"] == scheme, "metric"].unique()
+        known = summary.loc[in_group, "metric"].unique()
         for metric in sorted(known) if len(known) else HEADLINE_METRICS:
-            added.append({"method": method, "scheme": scheme, "metric": metric, "mean": np.nan, "sd": np.nan,
-                          "n_splits": 0, "mean_sd": f"not run: {why}"})
+            added.append({"method": method, **dict(zip(keys, group)), "metric": metric, "mean": np.nan,
+                          "sd": np.nan, "n_splits": 0, "mean_sd": f"not run: {why}"})
     if added:
         summary = pd.concat([summary, pd.DataFrame(added, columns=summary.columns)], ignore_index=True)
-    return summary.sort_values(["method", "scheme", "metric"], kind="stable", ignore_index=True)
+    return summary.sort_values(["method", *keys, "metric"], kind="stable", ignore_index=True)
 
 
 def probability_columns(table: pd.DataFrame) -> list[str]:
@@ -256,14 +264,16 @@ def paired_difference(method: pd.Series, reference: pd.Series) -> dict[str, floa
 
 
 def paired_against_best_peer(long: pd.DataFrame, peers: Sequence[str], metric: str = "known_kappa") -> pd.DataFrame:
-    """Per scheme, every method's per-split difference in ``metric`` from the best peer (``paired_difference``).
+    """Per scheme (and label fraction), every method's per-split difference in ``metric`` from the best peer
+    (``paired_difference``).
 
-    ``long`` has columns method, split, scheme, metric, value. The best peer is the one of ``peers`` with the highest
-    mean ``metric`` over the splits it ran on (the first in ``peers`` order on a tie); each other method is paired with
-    it on the splits both ran on. A scheme where no peer ran has no rows.
+    ``long`` has columns method, split, scheme, metric, value (and label_fraction in a sweep). The best peer is the one
+    of ``peers`` with the highest mean ``metric`` over the splits it ran on (the first in ``peers`` order on a tie);
+    each other method is paired with it on the splits both ran on. A group where no peer ran has no rows.
     """
+    keys = group_columns(long)
     rows = []
-    for scheme, scores in long[long["metric"] == metric].groupby("scheme", sort=True):
+    for group, scores in long[long["metric"] == metric].groupby(keys, sort=True):
         wide = scores.pivot(index="split", columns="method", values="value")
         ran = [peer for peer in peers if peer in wide]
         if not ran:
@@ -272,24 +282,63 @@ def paired_against_best_peer(long: pd.DataFrame, peers: Sequence[str], metric: s
         for method in sorted(wide.columns.drop(best)):
             paired = paired_difference(wide[method], wide[best])
             if paired is not None:
-                rows.append({"scheme": scheme, "method": method, "best_peer": best, "metric": metric, **paired})
-    return pd.DataFrame(rows, columns=PAIRED_COLUMNS)
+                rows.append({**dict(zip(keys, group)), "method": method, "best_peer": best, "metric": metric,
+                             **paired})
+    return pd.DataFrame(rows, columns=[*keys, *PAIRED_COLUMNS[1:]])
 
 
 def paired_effects(long: pd.DataFrame, pairs: Sequence[tuple[str, str]],
                    metrics: Sequence[str] = ("known_kappa", "known_macro_f1")) -> pd.DataFrame:
-    """Per scheme and metric, each (method, counterpart) pair's ``paired_difference`` (method minus counterpart).
+    """Per scheme (and label fraction) and metric, each (method, counterpart) pair's ``paired_difference`` (method
+    minus counterpart).
 
-    ``long`` has columns method, split, scheme, metric, value; pairs where either method has no score on a scheme,
-    or the two share no split, have no row.
+    ``long`` has columns method, split, scheme, metric, value (and label_fraction in a sweep); pairs where either
+    method has no score in a group, or the two share no split, have no row.
     """
+    keys = group_columns(long)
     rows = []
-    for (scheme, metric), scores in long[long["metric"].isin(metrics)].groupby(["scheme", "metric"], sort=True):
+    for (*group, metric), scores in long[long["metric"].isin(metrics)].groupby([*keys, "metric"], sort=True):
         wide = scores.pivot(index="split", columns="method", values="value")
         for method, counterpart in pairs:
             paired = (paired_difference(wide[method], wide[counterpart])
                       if method in wide and counterpart in wide else None)
             if paired is not None:
-                rows.append({"scheme": scheme, "method": method, "counterpart": counterpart, "metric": metric,
-                             **paired})
-    return pd.DataFrame(rows, columns=EFFECT_COLUMNS)
+                rows.append({**dict(zip(keys, group)), "method": method, "counterpart": counterpart,
+                             "metric": metric, **paired})
+    return pd.DataFrame(rows, columns=[*keys, *EFFECT_COLUMNS[1:]])
+
+
+def difference_interval(method: pd.Series, reference: pd.Series, confidence: float = 0.95) -> dict[str, float | int]:
+    """Per-split ``method - reference`` on the splits both have: their number, mean and two-sided ``confidence``
+    Student t-interval of the mean (NaN bounds for fewer than two; the mean too for none)."""
+    difference = (method - reference).dropna()
+    n = len(difference)
+    mean = float(difference.mean()) if n else float("nan")
+    half = (float(t.ppf((1 + confidence) / 2, n - 1) * difference.std() / np.sqrt(n)) if n > 1
+            else float("nan"))
+    return {"n_pairs": n, "difference": mean, "difference_low": mean - half, "difference_high": mean + half}
+
+
+def label_efficiency(long: pd.DataFrame, pairs: Sequence[tuple[str, str]],
+                     metrics: Sequence[str] = EFFICIENCY_METRICS, confidence: float = 0.95) -> pd.DataFrame:
+    """The label-efficiency curves: per scheme, label fraction, method and metric, the mean and sd (ddof=1, 0 for
+    one) over the splits and draws; a method paired with a counterpart in ``pairs`` (a pretrained method and the
+    same encoder without pretraining) adds the ``difference_interval`` of method minus counterpart over the splits
+    and draws both ran (``counterpart`` empty and NaN for the others).
+
+    ``long`` has columns method, split, scheme, label_fraction, metric, value.
+    """
+    counterpart_of = dict(pairs)
+    rows = []
+    for (scheme, fraction, metric), scores in (long[long["metric"].isin(metrics)]
+                                               .groupby(["scheme", "label_fraction", "metric"], sort=True)):
+        wide = scores.pivot(index="split", columns="method", values="value")
+        for method in sorted(wide.columns):
+            values = wide[method].dropna()
+            counterpart = counterpart_of.get(method, "")
+            effect = (difference_interval(wide[method], wide[counterpart], confidence) if counterpart in wide
+                      else {"n_pairs": 0, **dict.fromkeys(EFFICIENCY_COLUMNS[-3:], float("nan"))})
+            rows.append({"scheme": scheme, "label_fraction": fraction, "method": method, "metric": metric,
+                         "n": len(values), "mean": values.mean(), "sd": values.std() if len(values) > 1 else 0.0,
+                         "counterpart": counterpart if counterpart in wide else "", **effect})
+    return pd.DataFrame(rows, columns=EFFICIENCY_COLUMNS)

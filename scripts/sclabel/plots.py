@@ -1,4 +1,5 @@
-"""Figures for the report: confusion matrices and Cohen's kappa per method across splits."""
+"""Figures for the report: confusion matrices, Cohen's kappa per method across splits and, in a label-fraction
+sweep, the label-efficiency curves."""
 
 from __future__ import annotations
 
@@ -12,6 +13,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from sclabel import io  # noqa: E402
+from sclabel.split_names import ALL_LABELS, label_fraction  # noqa: E402
+
+EFFICIENCY_TITLES = {"known_kappa": "Cohen's kappa, known cells", "known_macro_f1": "macro F1, known cells"}
 
 
 def save_figure(fig: plt.Figure, output: str | Path, dpi: int = 120) -> None:
@@ -96,12 +100,58 @@ def recall_figure(recall: pd.DataFrame) -> plt.Figure:
     return fig
 
 
+def label_efficiency_figure(curves: pd.DataFrame) -> plt.Figure:
+    """Per metric of ``curves`` (``metrics.label_efficiency``): above, each method's mean ± sd against the label
+    fraction; below, each pretrained method minus its counterpart with the difference's confidence interval."""
+    shown = [metric for metric in EFFICIENCY_TITLES if metric in set(curves["metric"])]
+    fig, axes = plt.subplots(2, len(shown), figsize=(5.5 * len(shown), 7.5), squeeze=False, sharex=True)
+    for column, metric in enumerate(shown):
+        rows = curves[curves["metric"] == metric].sort_values("label_fraction")
+        curve_ax, effect_ax = axes[0, column], axes[1, column]
+        for method, curve in rows.groupby("method", sort=True):
+            curve_ax.errorbar(curve["label_fraction"], curve["mean"], yerr=curve["sd"], marker="o", markersize=4,
+                              capsize=3, label=method)
+        paired = rows[rows["counterpart"].fillna("").astype(str) != ""]
+        for (method, counterpart), effect in paired.groupby(["method", "counterpart"], sort=True):
+            below = (effect["difference"] - effect["difference_low"]).fillna(0)
+            above = (effect["difference_high"] - effect["difference"]).fillna(0)
+            effect_ax.errorbar(effect["label_fraction"], effect["difference"], yerr=[below, above],
+                               marker="o", markersize=4, capsize=3, label=f"{method} − {counterpart}")
+        effect_ax.axhline(0.0, color="grey", linewidth=0.8)
+        curve_ax.set_title(EFFICIENCY_TITLES[metric])
+        curve_ax.set_ylabel("mean ± sd over splits × draws")
+        effect_ax.set_ylabel("pretrained − not pretrained (95% CI)")
+        effect_ax.set_xlabel("share of training labels kept")
+        effect_ax.set_xscale("log")
+        fractions = sorted(rows["label_fraction"].unique())
+        effect_ax.set_xticks(fractions, [f"{fraction:g}" for fraction in fractions])
+        effect_ax.minorticks_off()
+        curve_ax.legend(fontsize=7)
+        if len(paired):
+            effect_ax.legend(fontsize=7)
+        else:
+            effect_ax.text(0.5, 0.5, "no pretrained method ran beside its counterpart", ha="center",
+                           transform=effect_ax.transAxes)
+    fig.tight_layout()
+    return fig
+
+
+def all_labels(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows of ``table`` on base splits (every training label): a label-fraction sweep's other splits dropped."""
+    return table[table["split"].map(label_fraction) == ALL_LABELS]
+
+
 def report_stage(metrics_file: str, confusion_file: str, per_class_file: str, methods: list[str], dpi: int,
-                 output_kappa: str, output_per_class: str, output_confusions: list[str]) -> None:
-    """Draw the kappa overview, the per-class F1 heatmap and one confusion matrix per method."""
-    save_figure(kappa_figure(pd.read_csv(metrics_file, sep="\t")), output_kappa, dpi)
-    save_figure(per_class_f1_figure(io.read_tsv(per_class_file, ["cell_type"])), output_per_class, dpi)
-    confusion = io.read_tsv(confusion_file, ["true", "predicted"])
+                 output_kappa: str, output_per_class: str, output_confusions: list[str],
+                 label_efficiency_file: str | None = None, output_label_efficiency: str | None = None) -> None:
+    """Draw the kappa overview, the per-class F1 heatmap and one confusion matrix per method (on the base splits,
+    every training label), and with a label-efficiency table its curves."""
+    save_figure(kappa_figure(all_labels(pd.read_csv(metrics_file, sep="\t"))), output_kappa, dpi)
+    save_figure(per_class_f1_figure(all_labels(io.read_tsv(per_class_file, ["cell_type"]))), output_per_class, dpi)
+    if label_efficiency_file and output_label_efficiency:
+        curves = io.read_tsv(label_efficiency_file, ["scheme", "method", "metric", "counterpart"])
+        save_figure(label_efficiency_figure(curves), output_label_efficiency, dpi)
+    confusion = all_labels(io.read_tsv(confusion_file, ["true", "predicted"]))
     for method, output in zip(methods, output_confusions):
         subset = confusion[confusion["method"] == method]
         save_figure(confusion_figure(subset, f"{method}: confusion summed over splits"), output, dpi)

@@ -12,6 +12,7 @@ from typing import Any
 import pandas as pd
 
 from sclabel import __version__, io
+from sclabel.split_names import group_columns
 
 # the summary's columns, in reading order; for these a higher mean is better (known_abstention is not marked)
 SUMMARY_METRICS = ("known_kappa", "known_macro_f1", "known_accuracy", "called_kappa", "rare_f1", "macro_auroc",
@@ -59,21 +60,24 @@ def page(title: str, body: str) -> str:
 
 
 def summary_wide(summary: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(table, best): one row per method and scheme, a column per summary metric (``mean ± sd``), and where each
-    metric's best mean sits among the methods of that scheme."""
+    """(table, best): one row per method and scheme (and label fraction, in a sweep), a column per summary metric
+    (``mean ± sd``), and where each metric's best mean sits among the methods of that scheme (and fraction)."""
     metrics = [m for m in SUMMARY_METRICS if m in set(summary["metric"])]
     shown = summary[summary["metric"].isin(metrics)]
-    table = shown.pivot_table(index=["scheme", "method"], columns="metric", values="mean_sd", aggfunc="first")
-    means = shown.pivot_table(index=["scheme", "method"], columns="metric", values="mean", aggfunc="first")
+    groups = group_columns(summary)
+    table = shown.pivot_table(index=[*groups, "method"], columns="metric", values="mean_sd", aggfunc="first")
+    means = shown.pivot_table(index=[*groups, "method"], columns="metric", values="mean", aggfunc="first")
     table, means = table.reindex(columns=metrics), means.reindex(index=table.index, columns=metrics)
     best = pd.DataFrame(False, index=table.index, columns=metrics)
     for metric in HIGHER_IS_BETTER & set(metrics):
-        top = means[metric].groupby(level="scheme").transform("max")
+        top = means[metric].groupby(level=groups).transform("max")
         best[metric] = means[metric].notna() & (means[metric] == top)
     order = means["known_kappa"].sort_values(ascending=False).index if "known_kappa" in metrics else table.index
+    if len(groups) > 1:  # a sweep: fractions in increasing order, methods by kappa within each
+        order = sorted(order, key=lambda key: key[:-1])
     table, best = table.loc[order].reset_index(), best.loc[order].reset_index(drop=True)
-    best.insert(0, "method", False)
-    best.insert(0, "scheme", False)
+    for column in reversed([*groups, "method"]):
+        best.insert(0, column, False)
     return table, best
 
 

@@ -1,10 +1,11 @@
-"""Train / validation / test assignments: stratified k-fold cross-validation with a validation slice per fold."""
+"""Train / validation / test assignments: stratified k-fold cross-validation with a validation slice per fold, and
+the label-fraction splits of a ``split.label_fractions`` sweep (``label_fraction_splits``)."""
 
 from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -13,11 +14,14 @@ from sklearn.model_selection import StratifiedKFold
 
 from sclabel import io
 from sclabel.errors import InputError
+from sclabel.split_names import ALL_LABELS, fraction_split_name, sweep_split_names
 from sclabel.store import CellStore
 
 log = logging.getLogger("sclabel")
 
 TRAIN, VAL, TEST = "train", "val", "test"
+# a label-fraction split's training cell whose label it hides (its base split's pretraining reads the cell)
+UNLABELLED = "unlabelled"
 FINAL = "final"
 
 
@@ -40,12 +44,14 @@ def check_labels(labels: pd.Series, source: str, n_folds: int) -> None:
                          f"(largest: {largest})", f"set split.n_folds to at most {largest} or add cells")
 
 
-def carve_validation(train_idx: np.ndarray, labels: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
-    """Pick a stratified validation slice of ``train_idx``: round(fraction·n) cells per class, keeping ≥1 for training."""
+def carve_validation(train_idx: np.ndarray, labels: np.ndarray, fraction: float, rng: np.random.Generator,
+                     at_least: int = 0) -> np.ndarray:
+    """Pick a stratified validation slice of ``train_idx``: round(fraction·n) cells per class (at least ``at_least``),
+    keeping ≥1 for training."""
     chosen = []
     for label in np.unique(labels[train_idx]):
         members = train_idx[labels[train_idx] == label]
-        n_val = min(int(round(fraction * len(members))), len(members) - 1)
+        n_val = min(max(at_least, int(round(fraction * len(members)))), len(members) - 1)
         if n_val > 0:
             chosen.append(rng.choice(members, size=n_val, replace=False))
     return np.sort(np.concatenate(chosen)) if chosen else np.array([], dtype=int)
@@ -107,6 +113,44 @@ def final_split(cell_ids: pd.Index, labels: pd.Series, val_fraction: float, seed
     return pd.Series(roles, index=pd.Index(cell_ids, name="cell_id"), name=FINAL)
 
 
+def nested_draw(pool: np.ndarray, labels: np.ndarray, fractions: Sequence[float],
+                rng: np.random.Generator) -> dict[float, np.ndarray]:
+    """Per fraction, the cells of ``pool`` it labels: of each class's n cells, max(1, round(fraction·n)) (at most n),
+    the first of one random order of the class, so a smaller fraction's cells are a subset of a larger one's."""
+    chosen: dict[float, list[np.ndarray]] = {fraction: [] for fraction in fractions}
+    for label in np.unique(labels[pool]):
+        members = rng.permutation(pool[labels[pool] == label])
+        for fraction in fractions:
+            chosen[fraction].append(members[:min(len(members), max(1, round(fraction * len(members))))])
+    return {fraction: np.sort(np.concatenate(parts)) for fraction, parts in chosen.items()}
+
+
+def label_fraction_splits(table: pd.DataFrame, labels: pd.Series, fractions: Sequence[float], draws: int,
+                          val_fraction: float, seed: int) -> pd.DataFrame:
+    """One column per base split of ``table``, fraction below 1 and draw (``split_names.fraction_split_name``).
+
+    The base split's test cells stay test; of its training and validation cells, ``nested_draw`` picks the labelled
+    ones (seeded by ``seed``, the base split's position and the draw), whose validation slice is carved from them
+    alone (``carve_validation``, at least one cell per class that has two when ``val_fraction`` > 0); the others are
+    ``unlabelled``: no method reads their labels.
+    """
+    y = labels.to_numpy().astype(str)
+    below_one = sorted(fraction for fraction in set(fractions) if fraction < ALL_LABELS)
+    columns = {}
+    for position, base in enumerate(table.columns):
+        roles = table[base].to_numpy()
+        pool = np.flatnonzero((roles == TRAIN) | (roles == VAL))
+        for draw in range(1, draws + 1):
+            rng = np.random.default_rng([seed, position, draw])
+            for fraction, labelled in nested_draw(pool, y, below_one, rng).items():
+                fraction_roles = np.where(roles == TEST, TEST, UNLABELLED).astype(object)
+                fraction_roles[labelled] = TRAIN
+                fraction_roles[carve_validation(labelled, y, val_fraction, rng, int(val_fraction > 0))] = VAL
+                columns[fraction_split_name(base, fraction, draw)] = fraction_roles
+    order = [name for name in sweep_split_names(list(table.columns), fractions, draws) if name in columns]
+    return pd.DataFrame(columns, index=table.index)[order]
+
+
 def class_report(labels: pd.Series, assignments: pd.DataFrame, n_folds: int) -> pd.DataFrame:
     """Cells per class and role in every split, flagging classes with fewer cells than folds."""
     rows = []
@@ -129,7 +173,8 @@ def labelled_cells(adata: Any) -> pd.Series:
 
 
 def split_stage(input_h5ad: str, settings: Mapping[str, Any], output_splits: str, output_classes: str) -> None:
-    """Write each split's role (train / val / test) for every labelled cell, and the class counts per split.
+    """Write each split's role (train / val / test, ``unlabelled`` in a label-fraction split) for every labelled cell,
+    and the class counts per split.
 
     Reads the cells' obs table only, never the matrix.
     """
@@ -143,6 +188,10 @@ def split_stage(input_h5ad: str, settings: Mapping[str, Any], output_splits: str
         holdout = settings["holdout"] or sorted(groups.unique())
         table = leave_one_group_out(labels.index, labels, groups, holdout, settings["val_fraction"],
                                            settings["seed"], source=input_h5ad)
+    if settings.get("label_fractions"):
+        table = table.join(label_fraction_splits(table, labels, settings["label_fractions"],
+                                                 settings.get("label_draws", 1), settings["val_fraction"],
+                                                 settings["seed"]))
     report = class_report(labels, table, settings["n_folds"])
     table[FINAL] = final_split(labels.index, labels, settings["val_fraction"], settings["seed"])
     small = sorted(report.loc[report["fewer_cells_than_folds"], "cell_type"].unique())

@@ -221,7 +221,8 @@ def finetune_stage(method: str, encoder_hparams: Mapping[str, Any], settings: Ma
         train, val, test = (roles.index[roles == role] for role in (splits.TRAIN, splits.VAL, splits.TEST))
         if len(val) == 0:
             raise InputError(splits_file, f"{split} validation cells", "no validation cells for early stopping",
-                             "set split.val_fraction above 0 (e.g. 0.1)")
+                             "set split.val_fraction above 0 (e.g. 0.1), or raise the smallest split.label_fractions "
+                             "(a class needs two labelled cells to lend one to validation)")
         known = set(labels[train])
         all_val, val = val, val[labels[val].isin(known)]
         genes = list(store.var_names)

@@ -26,7 +26,7 @@ rule baseline:
         predictions="results/predictions/{method}/{split}.tsv",
     wildcard_constraints:
         method=one_of(PLAIN_BASELINES),
-        split=r"cv[0-9]+|lodo_[A-Za-z0-9_-]+",
+        split=names_of_splits.SCORED_SPLIT,
     params:
         **BASELINE_PARAMS,
     log:
@@ -66,14 +66,14 @@ rule embedding_baseline:
     input:
         h5ad="results/data/combined.h5ad",
         splits="results/splits/splits.tsv",
-        encoder=f"results/pretrain/{EMBEDDING}/{{split}}/encoder.pt",
+        encoder=pretrained_file(EMBEDDING),
     output:
         model=directory("results/models/{method}/{split}"),
         validation="results/validation/{method}/{split}.tsv",
         predictions="results/predictions/{method}/{split}.tsv",
     wildcard_constraints:
         method=one_of(EMBEDDING_BASELINES),
-        split=r"cv[0-9]+|lodo_[A-Za-z0-9_-]+",
+        split=names_of_splits.SCORED_SPLIT,
     params:
         **EMBEDDING_PARAMS,
     log:

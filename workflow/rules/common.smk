@@ -2,6 +2,7 @@
 import re
 
 from sclabel import registry  # the method registry: every method name, family, env and resource comes from it
+from sclabel import split_names as names_of_splits  # split names, label-fraction splits included
 
 
 EMBEDDING_BASELINES = registry.names("embedding_baseline")
@@ -13,7 +14,7 @@ MEMBER_METHODS = registry.names("baseline", "control", "embedding_baseline", "ne
 
 wildcard_constraints:
     dataset=r"[A-Za-z0-9][A-Za-z0-9_-]*",
-    split=r"cv[0-9]+|lodo_[A-Za-z0-9_-]+|final",
+    split=rf"{names_of_splits.SCORED_SPLIT}|final",
     method=r"[A-Za-z0-9][A-Za-z0-9_+.@-]*",
 
 
@@ -129,7 +130,11 @@ def split_names():
     return [f"lodo_{name}" for name, spec in config["datasets"].items() if spec.get("label_key")]
 
 
-SPLITS = split_names()
+# a split.label_fractions sweep: every base split at each label fraction and draw (the base split at fraction 1)
+LABEL_SWEEP = bool(config["split"]["label_fractions"])
+SPLITS = names_of_splits.sweep_split_names(
+    split_names(), config["split"]["label_fractions"], config["split"]["label_draws"]
+)
 
 
 def one_of(names):
@@ -152,7 +157,18 @@ def pretrained_encoder(wildcards):
     method = registry.get(wildcards.method)
     if method.pretrain is None:
         return []
-    return f"results/pretrain/{method.pretrain}+{method.encoder}/{wildcards.get('split', 'final')}/encoder.pt"
+    return pretrained_file(f"{method.pretrain}+{method.encoder}")(wildcards)
+
+
+def pretrained_file(pretraining):
+    """The encoder a ``{pretrain}+{encoder}`` pretraining wrote for the job's split: its base split's, pretrained once
+    for all its label fractions on every cell but its test cells."""
+
+    def encoder(wildcards):
+        split = names_of_splits.base_split(wildcards.get("split", "final"))
+        return f"results/pretrain/{pretraining}/{split}/encoder.pt"
+
+    return encoder
 
 
 def encoder_settings(wildcards):

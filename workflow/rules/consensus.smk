@@ -16,7 +16,7 @@ rule consensus:
         model=directory("results/models/consensus/{split}"),
         predictions="results/predictions/consensus/{split}.tsv",
     wildcard_constraints:
-        split=r"cv[0-9]+|lodo_[A-Za-z0-9_-]+",
+        split=names_of_splits.SCORED_SPLIT,
     params:
         **CONSENSUS_PARAMS,
         models=consensus_inputs("models"),

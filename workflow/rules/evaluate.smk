@@ -27,6 +27,18 @@ rule evaluate:
             caption="../report/variants.rst",
             category="Benchmark",
         ),
+        # a split.label_fractions sweep: the curves of every method over the label fractions
+        **(
+            {
+                "label_efficiency": report(
+                    "results/benchmark/label_efficiency.tsv",
+                    caption="../report/label_efficiency_table.rst",
+                    category="2. Benchmark",
+                )
+            }
+            if LABEL_SWEEP
+            else {}
+        ),
     params:
         settings=config["evaluate"],
     log:

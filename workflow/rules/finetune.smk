@@ -23,7 +23,7 @@ rule finetune:
         predictions="results/predictions/{method}/{split}.tsv",
     wildcard_constraints:
         method=one_of(NEURAL_METHODS),
-        split=r"cv[0-9]+|lodo_[A-Za-z0-9_-]+",
+        split=names_of_splits.SCORED_SPLIT,
     params:
         **FINETUNE_PARAMS,
     resources:

@@ -20,7 +20,7 @@ rule peer:
         predictions="results/predictions/{method}/{split}.tsv",
     wildcard_constraints:
         method=one_of(PEERS),
-        split=r"cv[0-9]+|lodo_[A-Za-z0-9_-]+",
+        split=names_of_splits.SCORED_SPLIT,
     params:
         **PEER_PARAMS,
     log:

@@ -6,6 +6,7 @@ rule pretrain:
         encoder="results/pretrain/{pretrain}+{encoder}/{split}/encoder.pt",
         history="results/pretrain/{pretrain}+{encoder}/{split}/history.json",
     wildcard_constraints:
+        split=rf"{names_of_splits.BASE_SPLIT}|final",  # never a label-fraction split: pretraining is its base's
         pretrain="kmeans|masked_bins",
         encoder="|".join(registry.ENCODERS),
     params:

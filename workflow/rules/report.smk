@@ -3,6 +3,7 @@ rule report_figures:
         metrics="results/benchmark/metrics.tsv",
         confusion="results/benchmark/confusion.tsv",
         per_class="results/benchmark/per_class.tsv",
+        label_efficiency="results/benchmark/label_efficiency.tsv" if LABEL_SWEEP else [],
     output:
         kappa=report(
             "results/report/kappa.png",
@@ -18,6 +19,18 @@ rule report_figures:
             report(path, caption="../report/confusion.rst", category="Confusion matrices")
             for path in expand("results/report/confusion/{method}.png", method=METHODS)
         ],
+        # a split.label_fractions sweep: kappa and macro F1 against the label fraction, and the pretraining effect
+        **(
+            {
+                "label_efficiency": report(
+                    "results/report/label_efficiency.png",
+                    caption="../report/label_efficiency.rst",
+                    category="2. Benchmark",
+                )
+            }
+            if LABEL_SWEEP
+            else {}
+        ),
     params:
         methods=METHODS,
         settings=config["report"],
