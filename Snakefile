@@ -58,5 +58,6 @@ rule all:
         "results/report/per_class_f1.png",
         expand("results/report/confusion/{method}.png", method=METHODS),
         "results/annotate/summary.tsv" if QUERIES else [],
+        expand("results/annotate/{query}.summary.html", query=QUERIES),
         interpretation_outputs(),
     default_target: True
