@@ -69,7 +69,9 @@ def summary_figure(obs: pd.DataFrame, threshold: float | None, umap: np.ndarray 
     predicted = obs["predicted_cell_type"].astype(str)
     counts = predicted.value_counts()
     colours = type_colours(counts.index.tolist())
-    fig, ((bars, embedding), (confidence, rejection)) = plt.subplots(2, 2, figsize=(13, 9.5))
+    height = 9.5 + 0.3 * max(0, len(counts) - 15)  # room for a bar and a legend entry per type
+    fig, ((bars, embedding), (confidence, rejection)) = plt.subplots(2, 2, figsize=(13, height), layout="constrained",
+                                                                     height_ratios=[height - 4.5, 4.5])
     bars.barh(range(len(counts)), counts.to_numpy() / len(obs), color=[colours[t] for t in counts.index])
     bars.set_yticks(range(len(counts)), [f"{t} ({n})" for t, n in counts.items()], fontsize=8)
     bars.invert_yaxis()
@@ -105,7 +107,6 @@ def summary_figure(obs: pd.DataFrame, threshold: float | None, umap: np.ndarray 
     rejection.set_xlabel("rejection score (higher: more likely novel)")
     rejection.set_ylabel("cells")
     rejection.set_title("Rejection score")
-    fig.tight_layout()
     return fig
 
 
