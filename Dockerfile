@@ -2,7 +2,7 @@
 # writes it; regenerate it whenever an env file changes (tests/test_deployment.py checks the two agree).
 FROM condaforge/miniforge3:latest
 LABEL io.github.snakemake.containerized="true"
-LABEL io.github.snakemake.conda_env_hash="0b5174d738cbe2c1e017ac68b51b4c14a73e7481a92c748e66b795fdee291e87"
+LABEL io.github.snakemake.conda_env_hash="2441bea2294d63a0a64c60e2956dd9c48b09d9cd12d17ca04b844a88c26d3f3d"
 # Conda environment:
 #   source: envs/celltypist.yaml
 #   prefix: /conda-envs/ef7f745077425d29fa15dadad7fe453f
@@ -134,7 +134,7 @@ RUN mkdir -p /conda-envs/3ebb9eac8e698a4f87d7c940780d0f7e
 COPY envs/singler.yaml /conda-envs/3ebb9eac8e698a4f87d7c940780d0f7e/environment.yaml
 # Conda environment:
 #   source: envs/sklearn.yaml
-#   prefix: /conda-envs/9e0446f57f2f9a032a48215a91345b50
+#   prefix: /conda-envs/2a4b37775670739ab075780459fd00b4
 #   # classical baselines, evaluation, and annotating with a baseline (scanpy, igraph: normalising and majority voting)
 #   channels:
 #     - conda-forge
@@ -148,14 +148,15 @@ COPY envs/singler.yaml /conda-envs/3ebb9eac8e698a4f87d7c940780d0f7e/environment.
 #     - h5py=3.15.1
 #     - scikit-learn=1.7.2
 #     - scanpy=1.11.5
+#     - matplotlib-base=3.10.7  # the annotation summary's figure (a scanpy dependency too)
 #     - tqdm=4.67.1
 #     - skops=0.16.0  # saved baseline models (model.skops; no pickle)
 #     - pip=25.3
 #     - pip:
 #         - igraph==1.0.0  # scanpy's Leiden (annotate.majority_voting), as in envs/torch.yaml
 #         - cellxgene-ontology-guide==1.11.1  # Cell Ontology offline (ontology-aware metrics)
-RUN mkdir -p /conda-envs/9e0446f57f2f9a032a48215a91345b50
-COPY envs/sklearn.yaml /conda-envs/9e0446f57f2f9a032a48215a91345b50/environment.yaml
+RUN mkdir -p /conda-envs/2a4b37775670739ab075780459fd00b4
+COPY envs/sklearn.yaml /conda-envs/2a4b37775670739ab075780459fd00b4/environment.yaml
 # Conda environment:
 #   source: envs/torch.yaml
 #   prefix: /conda-envs/1ed51a786132b2f5bac90e8badac761e
@@ -186,6 +187,6 @@ RUN conda env create --prefix /conda-envs/ef7f745077425d29fa15dadad7fe453f --fil
     conda env create --prefix /conda-envs/79d56f57ded358df699d2a89bf20d356 --file /conda-envs/79d56f57ded358df699d2a89bf20d356/environment.yaml && \
     conda env create --prefix /conda-envs/14ef36bd051104cab391e532795ca9b8 --file /conda-envs/14ef36bd051104cab391e532795ca9b8/environment.yaml && \
     conda env create --prefix /conda-envs/3ebb9eac8e698a4f87d7c940780d0f7e --file /conda-envs/3ebb9eac8e698a4f87d7c940780d0f7e/environment.yaml && \
-    conda env create --prefix /conda-envs/9e0446f57f2f9a032a48215a91345b50 --file /conda-envs/9e0446f57f2f9a032a48215a91345b50/environment.yaml && \
+    conda env create --prefix /conda-envs/2a4b37775670739ab075780459fd00b4 --file /conda-envs/2a4b37775670739ab075780459fd00b4/environment.yaml && \
     conda env create --prefix /conda-envs/1ed51a786132b2f5bac90e8badac761e --file /conda-envs/1ed51a786132b2f5bac90e8badac761e/environment.yaml && \
     conda clean --all -y

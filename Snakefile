@@ -59,5 +59,6 @@ rule all:
         expand("results/report/confusion/{method}.png", method=METHODS),
         "results/report/label_efficiency.png" if LABEL_SWEEP else [],
         "results/annotate/summary.tsv" if QUERIES else [],
+        expand("results/annotate/{query}.summary.html", query=QUERIES),
         interpretation_outputs(),
     default_target: True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from scipy import stats
 
 from sclabel.enrich import dot_plot, enrich_top_genes, read_gmt
 from sclabel.errors import InputError
+from sclabel.plots import save_figure
 
 PLANTED = "B Cells"
 
@@ -155,3 +157,15 @@ def test_names_sharing_a_file_name_get_distinct_enrichment_files(planted, pangla
     files = [path.name for path in (tmp_path / "out").iterdir()]
     assert sum(name.endswith(".tsv") for name in files) == 2 and sum(name.endswith(".png") for name in files) == 2
     assert len({name.casefold() for name in files}) == 4
+
+
+def test_a_dot_plot_of_long_terms_from_two_libraries_lays_out_without_a_warning(tmp_path: Path) -> None:
+    go_term = "RNA splicing, via transesterification reactions with bulged adenosine as nucleophile (GO:0000377)"
+    results = pd.DataFrame({"library": ["GO_BP"] * 9 + ["Azimuth"], "cell_type": "T_CD4",
+                            "term": [f"{go_term} {i}" for i in range(9)] + ["CD4+ T Cell CL0000624"],
+                            "overlap": 4, "p_value": 1e-4, "adjusted_p_value": np.geomspace(1e-4, 1e-2, 10),
+                            "odds_ratio": 30.0})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "constrained_layout not applied" before the labels were wrapped
+        save_figure(dot_plot(results, "T_CD4"), tmp_path / "dotplot.png")
+    assert (tmp_path / "dotplot.png").read_bytes()[:4] == b"\x89PNG"

@@ -10,7 +10,7 @@ import scipy.sparse as sp
 
 from sclabel import splits, training
 from sclabel.errors import InputError
-from workflow_helpers import absolute_paths, load_config, snakemake, write_config
+from workflow_helpers import absolute_paths, assert_summary_matches, load_config, snakemake, write_config
 
 
 @pytest.mark.parametrize(("method", "parts"), [("mlp", (None, "mlp")), ("kmeans+mlp", ("kmeans", "mlp")),
@@ -51,13 +51,13 @@ def donor_a_query(shared_data) -> dict[str, dict[str, str]]:
 
 @pytest.fixture(scope="module")
 def symphony_annotation(shared_data, tmp_path_factory):
-    """Train an MLP on all Symphony PBMCs and annotate donor A's unlabelled PBMCs and the mouse immune cells."""
+    """Train an MLP on all Symphony PBMCs, annotate donor A's unlabelled PBMCs and write their summary page."""
     workdir = tmp_path_factory.mktemp("annotate")
     config = absolute_paths(load_config("pbmc_symphony.yaml"))
     config["methods"] = ["mlp"]
     config["finetune"] = {"epochs": 15}
     config["annotate"] = {"method": "mlp", "queries": donor_a_query(shared_data)}
-    snakemake(workdir, write_config(workdir, config), "annotate")
+    snakemake(workdir, write_config(workdir, config), "annotation_summary")
     return workdir, config
 
 
@@ -86,6 +86,15 @@ def test_annotated_query_has_predictions_confidence_and_embedding(symphony_annot
     assert 0.5 < query.uns["sclabel_annotation"]["gene_overlap"] < 1.0
     summary = pd.read_csv(workdir / "results/annotate/summary.tsv", sep="\t")
     assert summary["cells"].sum() == 2896
+
+
+def test_the_summary_page_shows_the_annotations_counts_threshold_and_umap(symphony_annotation):
+    workdir, _ = symphony_annotation
+    query = ad.read_h5ad(workdir / "results/annotate/donorA.h5ad")
+    page = assert_summary_matches(workdir / "results/annotate/donorA.summary.html",
+                                  workdir / "results/annotate/donorA.summary.png", query)
+    assert "UMAP computed on the method's embedding of the cells (obsm['X_sclabel'], 200 dimensions)" in page
+    assert "by <b>mlp</b>" in page and "random_state 0" in page
 
 
 @pytest.mark.parametrize("method", ["logreg", "celltypist", "consensus"])

@@ -23,11 +23,21 @@ METHODS = ["logreg", "mlp", "kmeans+mlp"]
 
 @pytest.fixture(scope="module")
 def default_run(tmp_path_factory) -> tuple[Path, Path]:
-    """The default config run once, end to end."""
+    """The default config run once, end to end (what it printed kept in ``snakemake.out``)."""
     workdir = tmp_path_factory.mktemp("default")
     configfile = write_config(workdir, load_config())
-    snakemake(workdir, configfile)
+    result = snakemake(workdir, configfile)
+    (workdir / "snakemake.out").write_text(result.stdout + result.stderr)
     return workdir, configfile
+
+
+def test_a_clean_default_run_prints_no_python_warning(default_run):
+    workdir, _ = default_run
+    job_logs = sorted((workdir / "results/logs").rglob("*.log"))
+    assert len(job_logs) >= 40
+    for path in [workdir / "snakemake.out", *job_logs]:
+        warnings = re.findall(r"^.*\b\w+Warning: .*$", path.read_text(), re.MULTILINE)
+        assert not warnings, f"{path.relative_to(workdir)}: {warnings[:3]}"
 
 
 def test_default_run_writes_the_output_contract(default_run):

@@ -60,3 +60,23 @@ def absolute_paths(config: dict[str, Any]) -> dict[str, Any]:
     if interpret.get("marker_table"):
         interpret["marker_table"] = resolve(interpret["marker_table"])
     return config
+
+
+def assert_summary_matches(page: Path, figure: Path, annotated: Any) -> str:
+    """An annotation summary page agrees with its annotated query: a row per predicted type with its cell count,
+    the rejection threshold of ``uns['sclabel_annotation']``, and its figure a PNG, inline as well; returns the page."""
+    import base64
+    import html
+
+    text = page.read_text()
+    table = re.search(r'<table class="sortable" id="counts">(.*?)</table>', text, re.DOTALL).group(1)
+    rows = [[html.unescape(cell) for cell in re.findall(r"<td[^>]*>(.*?)</td>", row)]
+            for row in re.findall(r"<tr>(.*?)</tr>", table.split("<tbody>")[1])]
+    counts = annotated.obs["predicted_cell_type"].astype(str).value_counts()
+    assert {row[0]: int(row[1]) for row in rows} == counts.to_dict()
+    threshold = annotated.uns["sclabel_annotation"]["rejection_threshold"]
+    assert float(re.search(r'<span id="rejection-threshold" data-value="([^"]+)">', text).group(1)) == threshold
+    png = figure.read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")
+    assert base64.b64decode(re.search(r'src="data:image/png;base64,([^"]+)"', text).group(1)) == png
+    return text

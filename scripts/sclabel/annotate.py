@@ -115,9 +115,9 @@ def annotate_stage(model_dir: str, query_files: Sequence[str], settings: Mapping
         query = ad.read_h5ad(path)
         scores = (consensus_scores(model, member_files[i]) if isinstance(model, ConsensusAnnotator)
                   else score_query(model, query, settings, target_sum, chunk_cells))
-        predicted = scores.predicted()
+        predicted, raw = scores.predicted(), scores.classes[scores.probabilities.argmax(axis=1)]
         query.obs["predicted_cell_type"] = pd.Categorical(predicted)
-        query.obs["predicted_cell_type_raw"] = pd.Categorical(scores.classes[scores.probabilities.argmax(axis=1)])
+        query.obs["predicted_cell_type_raw"] = pd.Categorical(raw)
         query.obs["prediction_confidence"] = scores.probabilities.max(axis=1)
         query.obs["rejection_score"] = scores.rejection
         if scores.embedding is not None:
@@ -125,6 +125,8 @@ def annotate_stage(model_dir: str, query_files: Sequence[str], settings: Mapping
         overlap = scores.overlap
         query.uns["sclabel_annotation"] = {"model": str(model_dir), "method": model.method, "gene_overlap": overlap,
                                            "rejection_threshold": model.rejection_threshold,
+                                           "abstention_rule": ("threshold" if model.own_abstention(scores.rejection, raw)
+                                                               is None else "own"),
                                            "labels": model.classes.tolist()}
         if settings["majority_voting"]:
             clusters, majority = voting.vote_query(query, predicted, target_sum, chunk_cells, settings["seed"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from sclabel.errors import InputError
 RESULT_COLUMNS = ["library", "cell_type", "term", "overlap", "set_size", "p_value", "adjusted_p_value",
                   "odds_ratio", "genes"]
 RANKING_COLUMNS = ["cell_type", "gene", "score", "rank"]
+LABEL_WIDTH = 45  # characters per line of a term in the dot plot
 
 
 def parse_gmt_line(line: str, path: Path, line_no: int) -> tuple[str, list[str]]:
@@ -121,20 +123,23 @@ def enrich_top_genes(ranking: pd.DataFrame, libraries: Mapping[str, str | Path],
 def dot_plot(results: pd.DataFrame, cell_type: str, top_terms: int = 10) -> Figure:
     """Dot plot of a cell type's best terms: -log10 adjusted p on x, term on y, size = overlap, colour = log2 OR."""
     rows = results[results["cell_type"] == cell_type].sort_values(["adjusted_p_value", "p_value"]).head(top_terms)
-    fig = Figure(figsize=(7.0, 1.5 + 0.35 * max(len(rows), 1)), layout="constrained")
+    labels = rows["term"] if results["library"].nunique() == 1 else rows["term"] + " (" + rows["library"] + ")"
+    # long terms (GO's run to 100 characters) wrapped, so the plot keeps its width whatever the library
+    labels = [textwrap.fill(label, LABEL_WIDTH) for label in labels]
+    lines = sum(label.count("\n") + 1 for label in labels)
+    fig = Figure(figsize=(8.0, 1.5 + 0.2 * max(len(rows), 1) + 0.15 * lines), layout="constrained")
     ax = fig.subplots()
     ax.set_title(f"Enriched terms: {cell_type}")
     if rows.empty:
         ax.text(0.5, 0.5, "no term overlaps the top genes", ha="center", va="center", transform=ax.transAxes)
         ax.set_axis_off()
         return fig
-    labels = rows["term"] if results["library"].nunique() == 1 else rows["term"] + " (" + rows["library"] + ")"
     y = np.arange(len(rows))[::-1]
     x = -np.log10(rows["adjusted_p_value"].clip(lower=np.finfo(float).tiny).to_numpy())
     dots = ax.scatter(x, y, s=20 + 12 * rows["overlap"].to_numpy(), c=np.log2(rows["odds_ratio"].to_numpy()),
                       cmap="viridis", edgecolors="black", linewidths=0.5)
     ax.axvline(-math.log10(0.05), color="grey", linestyle="--", linewidth=0.8)
-    ax.set_yticks(y, labels.tolist())
+    ax.set_yticks(y, labels, fontsize=8)
     ax.set_xlabel("-log10 adjusted p-value")
     ax.set_xlim(0, 1.12 * max(x.max(), -math.log10(0.05)))
     ax.set_ylim(-0.7, len(rows) - 0.3)

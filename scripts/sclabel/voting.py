@@ -29,23 +29,33 @@ def leiden_resolution(n_cells: int) -> float:
     return next((resolution for bound, resolution in RESOLUTIONS if n_cells < bound), LARGEST_RESOLUTION)
 
 
-def over_cluster(X: sp.spmatrix, seed: int) -> np.ndarray:
-    """Leiden cluster id (a string) of each row of a log-normalised cells x genes matrix.
+def principal_components(X: sp.spmatrix, seed: int) -> np.ndarray:
+    """Principal components of the rows of a log-normalised cells x genes matrix, as CellTypist computes them.
 
-    As CellTypist: genes in at least 5 cells, the 2,500 most variable, scaled to unit variance and clipped at 10,
-    50 principal components, 10 neighbours, Leiden (igraph, 2 iterations). Unlike CellTypist the genes are not
-    centred before clipping, so the matrix stays sparse (scanpy's sparse PCA centres implicitly).
+    Genes in at least 5 cells, the 2,500 most variable, scaled to unit variance and clipped at 10, then up to 50
+    components. Unlike CellTypist the genes are not centred before clipping, so the matrix stays sparse (scanpy's
+    sparse PCA centres implicitly).
     """
-    import igraph  # noqa: F401 (scanpy's Leiden, igraph flavour: every env that annotates needs it)
     import scanpy as sc
 
     adata = ad.AnnData(X=sp.csr_matrix(X, dtype=np.float32))
     sc.pp.filter_genes(adata, min_cells=MIN_CELLS_PER_GENE)
     sc.pp.highly_variable_genes(adata, n_top_genes=min(N_TOP_GENES, adata.n_vars), subset=True)
     sc.pp.scale(adata, zero_center=False, max_value=MAX_SCALED)
-    n_pcs = min(N_PCS, min(adata.shape) - 1)
-    sc.pp.pca(adata, n_comps=n_pcs, random_state=seed)
-    sc.pp.neighbors(adata, n_neighbors=min(N_NEIGHBORS, adata.n_obs - 1), n_pcs=n_pcs, random_state=seed)
+    sc.pp.pca(adata, n_comps=min(N_PCS, min(adata.shape) - 1), random_state=seed)
+    return adata.obsm["X_pca"]
+
+
+def over_cluster(X: sp.spmatrix, seed: int) -> np.ndarray:
+    """Leiden cluster id (a string) of each row of a log-normalised cells x genes matrix.
+
+    As CellTypist: ``principal_components``, 10 neighbours, Leiden (igraph, 2 iterations).
+    """
+    import igraph  # noqa: F401 (scanpy's Leiden, igraph flavour: every env that annotates needs it)
+    import scanpy as sc
+
+    adata = ad.AnnData(obsm={"X_pca": principal_components(X, seed)}, shape=(X.shape[0], 0))
+    sc.pp.neighbors(adata, n_neighbors=min(N_NEIGHBORS, adata.n_obs - 1), use_rep="X_pca", random_state=seed)
     sc.tl.leiden(adata, resolution=leiden_resolution(adata.n_obs), flavor="igraph", n_iterations=2, directed=False,
                  random_state=seed)
     return adata.obs["leiden"].to_numpy(dtype=str)

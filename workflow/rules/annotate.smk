@@ -48,3 +48,30 @@ rule annotate_member:
         env_of_method
     script:
         "../../scripts/annotate_member.py"
+
+
+rule annotation_summary:
+    input:
+        annotated=expand("results/annotate/{query}.h5ad", query=QUERIES),
+    output:
+        pages=[
+            report(
+                path,
+                caption="../report/annotation_summary.rst",
+                category="Annotation",
+            )
+            for path in expand("results/annotate/{query}.summary.html", query=QUERIES)
+        ],
+        figures=expand("results/annotate/{query}.summary.png", query=QUERIES),
+    params:
+        target_sum=config["qc"]["target_sum"],
+        store=config["store"],
+        seed=config["annotate"]["seed"],
+    log:
+        "results/logs/annotation_summary.log",
+    benchmark:
+        "results/benchmarks/annotation_summary.tsv"
+    conda:
+        "../../envs/sklearn.yaml"
+    script:
+        "../../scripts/annotation_summary.py"
