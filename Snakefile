@@ -48,6 +48,7 @@ include: "workflow/rules/interpret.smk"
 
 
 rule all:
+    default_target: True
     input:
         "results/benchmark/summary.tsv",
         "results/benchmark/methods.tsv",
@@ -61,4 +62,3 @@ rule all:
         "results/annotate/summary.tsv" if QUERIES else [],
         expand("results/annotate/{query}.summary.html", query=QUERIES),
         interpretation_outputs(),
-    default_target: True

@@ -183,6 +183,13 @@ def test_lint_is_clean():
     assert "Lints for" not in result.stdout + result.stderr
 
 
+def test_snakefmt_leaves_the_rules_unchanged():
+    """The Snakefile and rule files are formatted as snakefmt writes them (settings in pyproject.toml)."""
+    result = subprocess.run([sys.executable, "-m", "snakefmt", "--check", "Snakefile", "workflow/rules"], cwd=REPO_ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, f"run snakefmt Snakefile workflow/rules:\n{result.stdout}{result.stderr}"
+
+
 def test_pbmc_symphony_config(shared_data, tmp_path):
     config = absolute_paths(load_config("pbmc_symphony.yaml"))
     config["methods"] = ["logreg"]

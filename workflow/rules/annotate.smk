@@ -13,17 +13,17 @@ rule annotate:
             caption="../report/annotate.rst",
             category="Annotation",
         ),
-    params:
-        settings=config["annotate"],
-        target_sum=config["qc"]["target_sum"],
-        store=config["store"],
-        members_per_query=len(CONSENSUS_MEMBERS),
     log:
         "results/logs/annotate.log",
     benchmark:
         "results/benchmarks/annotate.tsv"
     conda:
         method_env(ANNOTATE_METHOD)
+    params:
+        settings=config["annotate"],
+        target_sum=config["qc"]["target_sum"],
+        store=config["store"],
+        members_per_query=len(CONSENSUS_MEMBERS),
     script:
         "../../scripts/annotate.py"
 
@@ -34,18 +34,18 @@ rule annotate_member:
         query="results/data/raw/{query}.h5ad",
     output:
         temp("results/annotate/members/{method}/{query}.tsv"),
-    wildcard_constraints:
-        method=one_of(MEMBER_METHODS),
-    params:
-        settings=config["annotate"],
-        target_sum=config["qc"]["target_sum"],
-        store=config["store"],
     log:
         "results/logs/annotate/{method}/{query}.log",
     benchmark:
         "results/benchmarks/annotate/{method}/{query}.tsv"
+    wildcard_constraints:
+        method=one_of(MEMBER_METHODS),
     conda:
         env_of_method
+    params:
+        settings=config["annotate"],
+        target_sum=config["qc"]["target_sum"],
+        store=config["store"],
     script:
         "../../scripts/annotate_member.py"
 
@@ -63,15 +63,15 @@ rule annotation_summary:
             for path in expand("results/annotate/{query}.summary.html", query=QUERIES)
         ],
         figures=expand("results/annotate/{query}.summary.png", query=QUERIES),
-    params:
-        target_sum=config["qc"]["target_sum"],
-        store=config["store"],
-        seed=config["annotate"]["seed"],
     log:
         "results/logs/annotation_summary.log",
     benchmark:
         "results/benchmarks/annotation_summary.tsv"
     conda:
         "../../envs/sklearn.yaml"
+    params:
+        target_sum=config["qc"]["target_sum"],
+        store=config["store"],
+        seed=config["annotate"]["seed"],
     script:
         "../../scripts/annotation_summary.py"

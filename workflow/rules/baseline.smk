@@ -24,18 +24,18 @@ rule baseline:
         model=directory("results/models/{method}/{split}"),
         validation="results/validation/{method}/{split}.tsv",
         predictions="results/predictions/{method}/{split}.tsv",
-    wildcard_constraints:
-        method=one_of(PLAIN_BASELINES),
-        split=names_of_splits.SCORED_SPLIT,
-    params:
-        **BASELINE_PARAMS,
     log:
         "results/logs/baseline/{method}/{split}.log",
     benchmark:
         "results/benchmarks/baseline/{method}/{split}.tsv"
-    threads: 1
+    wildcard_constraints:
+        method=one_of(PLAIN_BASELINES),
+        split=names_of_splits.SCORED_SPLIT,
     conda:
         "../../envs/sklearn.yaml"
+    threads: 1
+    params:
+        **BASELINE_PARAMS,
     script:
         "../../scripts/baseline.py"
 
@@ -47,17 +47,17 @@ rule baseline_final:
     output:
         model=directory("results/models/{method}/final"),
         validation="results/validation/{method}/final.tsv",
-    wildcard_constraints:
-        method=one_of(PLAIN_BASELINES),
-    params:
-        **BASELINE_PARAMS,
     log:
         "results/logs/baseline/{method}/final.log",
     benchmark:
         "results/benchmarks/baseline/{method}/final.tsv"
-    threads: 1
+    wildcard_constraints:
+        method=one_of(PLAIN_BASELINES),
     conda:
         "../../envs/sklearn.yaml"
+    threads: 1
+    params:
+        **BASELINE_PARAMS,
     script:
         "../../scripts/baseline.py"
 
@@ -71,18 +71,18 @@ rule embedding_baseline:
         model=directory("results/models/{method}/{split}"),
         validation="results/validation/{method}/{split}.tsv",
         predictions="results/predictions/{method}/{split}.tsv",
-    wildcard_constraints:
-        method=one_of(EMBEDDING_BASELINES),
-        split=names_of_splits.SCORED_SPLIT,
-    params:
-        **EMBEDDING_PARAMS,
     log:
         "results/logs/baseline/{method}/{split}.log",
     benchmark:
         "results/benchmarks/baseline/{method}/{split}.tsv"
-    threads: 1
+    wildcard_constraints:
+        method=one_of(EMBEDDING_BASELINES),
+        split=names_of_splits.SCORED_SPLIT,
     conda:
         "../../envs/torch.yaml"
+    threads: 1
+    params:
+        **EMBEDDING_PARAMS,
     script:
         "../../scripts/embedding_baseline.py"
 
@@ -95,16 +95,16 @@ rule embedding_baseline_final:
     output:
         model=directory("results/models/{method}/final"),
         validation="results/validation/{method}/final.tsv",
-    wildcard_constraints:
-        method=one_of(EMBEDDING_BASELINES),
-    params:
-        **EMBEDDING_PARAMS,
     log:
         "results/logs/baseline/{method}/final.log",
     benchmark:
         "results/benchmarks/baseline/{method}/final.tsv"
-    threads: 1
+    wildcard_constraints:
+        method=one_of(EMBEDDING_BASELINES),
     conda:
         "../../envs/torch.yaml"
+    threads: 1
+    params:
+        **EMBEDDING_PARAMS,
     script:
         "../../scripts/embedding_baseline.py"

@@ -4,7 +4,6 @@ import re
 from sclabel import registry  # the method registry: every method name, family, env and resource comes from it
 from sclabel import split_names as names_of_splits  # split names, label-fraction splits included
 
-
 EMBEDDING_BASELINES = registry.names("embedding_baseline")
 PLAIN_BASELINES = registry.names("baseline", "control")
 PEERS = registry.names("peer")
@@ -52,9 +51,7 @@ NEURAL_METHODS = [m for m in METHODS if registry.METHODS.get(m) and registry.get
 CONSENSUS_MEMBERS = config["consensus"]["members"] or [
     m
     for m in METHODS
-    if registry.METHODS.get(m)
-    and registry.get(m).family not in ("control", "ensemble")
-    and not registry.get(m).variant
+    if registry.METHODS.get(m) and registry.get(m).family not in ("control", "ensemble") and not registry.get(m).variant
 ]
 bad_members = [m for m in CONSENSUS_MEMBERS if registry.METHODS.get(m) is None or registry.get(m).family == "ensemble"]
 if bad_members or ("consensus" in METHODS and not set(CONSENSUS_MEMBERS) <= set(METHODS)):

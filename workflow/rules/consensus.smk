@@ -15,17 +15,17 @@ rule consensus:
     output:
         model=directory("results/models/consensus/{split}"),
         predictions="results/predictions/consensus/{split}.tsv",
-    wildcard_constraints:
-        split=names_of_splits.SCORED_SPLIT,
-    params:
-        **CONSENSUS_PARAMS,
-        models=consensus_inputs("models"),
     log:
         "results/logs/consensus/{split}.log",
     benchmark:
         "results/benchmarks/consensus/{split}.tsv"
+    wildcard_constraints:
+        split=names_of_splits.SCORED_SPLIT,
     conda:
         "../../envs/sklearn.yaml"
+    params:
+        **CONSENSUS_PARAMS,
+        models=consensus_inputs("models"),
     script:
         "../../scripts/consensus.py"
 
@@ -35,14 +35,14 @@ rule consensus_final:
         validation=consensus_inputs("validation"),
     output:
         model=directory("results/models/consensus/final"),
-    params:
-        **CONSENSUS_PARAMS,
-        models=consensus_inputs("models"),
     log:
         "results/logs/consensus/final.log",
     benchmark:
         "results/benchmarks/consensus/final.tsv"
     conda:
         "../../envs/sklearn.yaml"
+    params:
+        **CONSENSUS_PARAMS,
+        models=consensus_inputs("models"),
     script:
         "../../scripts/consensus.py"

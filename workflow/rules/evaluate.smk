@@ -4,6 +4,17 @@ rule evaluate:
         class_counts="results/splits/class_counts.tsv",
         ontology="results/qc/ontology.tsv",
     output:
+        **(
+            {
+                "label_efficiency": report(
+                    "results/benchmark/label_efficiency.tsv",
+                    caption="../report/label_efficiency_table.rst",
+                    category="2. Benchmark",
+                )
+            }
+            if LABEL_SWEEP
+            else {}
+        ),
         metrics="results/benchmark/metrics.tsv",
         summary=report(
             "results/benchmark/summary.tsv",
@@ -28,25 +39,14 @@ rule evaluate:
             category="Benchmark",
         ),
         # a split.label_fractions sweep: the curves of every method over the label fractions
-        **(
-            {
-                "label_efficiency": report(
-                    "results/benchmark/label_efficiency.tsv",
-                    caption="../report/label_efficiency_table.rst",
-                    category="2. Benchmark",
-                )
-            }
-            if LABEL_SWEEP
-            else {}
-        ),
-    params:
-        settings=config["evaluate"],
     log:
         "results/logs/evaluate.log",
     benchmark:
         "results/benchmarks/evaluate.tsv"
     conda:
         "../../envs/sklearn.yaml"
+    params:
+        settings=config["evaluate"],
     script:
         "../../scripts/evaluate.py"
 
@@ -58,15 +58,15 @@ rule methods_table:
             caption="../report/methods.rst",
             category="Benchmark",
         ),
-    params:
-        rows=registry.method_rows(METHODS, config),
-        envs=f"{SCLABEL_ROOT}/envs",
     log:
         "results/logs/methods_table.log",
     benchmark:
         "results/benchmarks/methods_table.tsv"
     conda:
         "../../envs/sklearn.yaml"
+    params:
+        rows=registry.method_rows(METHODS, config),
+        envs=f"{SCLABEL_ROOT}/envs",
     script:
         "../../scripts/methods_table.py"
 
@@ -81,13 +81,13 @@ rule selections:
             caption="../report/selections.rst",
             category="Benchmark",
         ),
-    params:
-        models=expand("results/models/{method}/{split}", method=TRAINED_METHODS, split=SPLITS),
     log:
         "results/logs/selections.log",
     benchmark:
         "results/benchmarks/selections.tsv"
     conda:
         "../../envs/sklearn.yaml"
+    params:
+        models=expand("results/models/{method}/{split}", method=TRAINED_METHODS, split=SPLITS),
     script:
         "../../scripts/selections_table.py"

@@ -8,17 +8,17 @@ rule select_features:
     output:
         genes="results/features/{split}.tsv",
         h5ad=temp("results/features/{split}.h5ad"),
+    log:
+        "results/logs/select_features/{split}.log",
+    benchmark:
+        "results/benchmarks/select_features/{split}.tsv"
+    conda:
+        "../../envs/sklearn.yaml"
+    threads: 1
     params:
         settings=config["features"],
         store=config["store"],
         renormalise=config["harmonise"]["renormalise"],
         target_sum=config["qc"]["target_sum"],
-    log:
-        "results/logs/select_features/{split}.log",
-    benchmark:
-        "results/benchmarks/select_features/{split}.tsv"
-    threads: 1
-    conda:
-        "../../envs/sklearn.yaml"
     script:
         "../../scripts/select_features.py"

@@ -21,20 +21,20 @@ rule finetune:
         model=directory("results/models/{method}/{split}"),
         validation="results/validation/{method}/{split}.tsv",
         predictions="results/predictions/{method}/{split}.tsv",
-    wildcard_constraints:
-        method=one_of(NEURAL_METHODS),
-        split=names_of_splits.SCORED_SPLIT,
-    params:
-        **FINETUNE_PARAMS,
-    resources:
-        gpu=gpu_resource("finetune"),
-    threads: config["finetune"]["threads"]
     log:
         "results/logs/finetune/{method}/{split}.log",
     benchmark:
         "results/benchmarks/finetune/{method}/{split}.tsv"
+    wildcard_constraints:
+        method=one_of(NEURAL_METHODS),
+        split=names_of_splits.SCORED_SPLIT,
     conda:
         "../../envs/torch.yaml"
+    threads: config["finetune"]["threads"]
+    resources:
+        gpu=gpu_resource("finetune"),
+    params:
+        **FINETUNE_PARAMS,
     script:
         "../../scripts/finetune.py"
 
@@ -47,18 +47,18 @@ rule train_final:
     output:
         model=directory("results/models/{method}/final"),
         validation="results/validation/{method}/final.tsv",
-    wildcard_constraints:
-        method=one_of(NEURAL_METHODS),
-    params:
-        **FINETUNE_PARAMS,
-    resources:
-        gpu=gpu_resource("finetune"),
-    threads: config["finetune"]["threads"]
     log:
         "results/logs/finetune/{method}/final.log",
     benchmark:
         "results/benchmarks/finetune/{method}/final.tsv"
+    wildcard_constraints:
+        method=one_of(NEURAL_METHODS),
     conda:
         "../../envs/torch.yaml"
+    threads: config["finetune"]["threads"]
+    resources:
+        gpu=gpu_resource("finetune"),
+    params:
+        **FINETUNE_PARAMS,
     script:
         "../../scripts/finetune.py"

@@ -9,17 +9,17 @@ rule top_genes:
             category="Interpretation",
             subcategory="Top genes",
         ),
-    wildcard_constraints:
-        method=one_of(INTERPRET_METHODS),
-    params:
-        seed=config["baseline"]["seed"],
-        max_cells_per_type=config["interpret"]["max_cells_per_type"],
     log:
         "results/logs/top_genes/{method}.log",
     benchmark:
         "results/benchmarks/top_genes/{method}.tsv"
+    wildcard_constraints:
+        method=one_of(INTERPRET_METHODS),
     conda:
         "../../envs/interpret.yaml"
+    params:
+        seed=config["baseline"]["seed"],
+        max_cells_per_type=config["interpret"]["max_cells_per_type"],
     script:
         "../../scripts/top_genes.py"
 
@@ -36,17 +36,17 @@ rule shap_top_genes:
             category="Interpretation",
             subcategory="Top genes",
         ),
-    wildcard_constraints:
-        method=one_of(SHAP_METHODS),
-    params:
-        seed=config["baseline"]["seed"],
-        settings=config["interpret"]["shap"],
     log:
         "results/logs/top_genes/{method}.shap.log",
     benchmark:
         "results/benchmarks/top_genes/{method}.shap.tsv"
+    wildcard_constraints:
+        method=one_of(SHAP_METHODS),
     conda:
         "../../envs/interpret.yaml"
+    params:
+        seed=config["baseline"]["seed"],
+        settings=config["interpret"]["shap"],
     script:
         "../../scripts/shap_top_genes.py"
 
@@ -64,15 +64,15 @@ rule enrich:
             category="Interpretation",
             subcategory="Enrichment",
         ),
-    params:
-        libraries=config["interpret"]["libraries"],
-        top_n=config["interpret"]["top_n"],
     log:
         "results/logs/enrich/{method}.log",
     benchmark:
         "results/benchmarks/enrich/{method}.tsv"
     conda:
         "../../envs/interpret.yaml"
+    params:
+        libraries=config["interpret"]["libraries"],
+        top_n=config["interpret"]["top_n"],
     script:
         "../../scripts/enrichment.py"
 
@@ -88,14 +88,14 @@ rule marker_recall:
             caption="../report/marker_recall.rst",
             category="Interpretation",
         ),
-    params:
-        settings={k: config["interpret"][k] for k in ("marker_table", "marker_species", "cell_type_map", "recall_ks")},
     log:
         "results/logs/marker_recall.log",
     benchmark:
         "results/benchmarks/marker_recall.tsv"
     conda:
         "../../envs/interpret.yaml"
+    params:
+        settings={k: config["interpret"][k] for k in ("marker_table", "marker_species", "cell_type_map", "recall_ks")},
     script:
         "../../scripts/marker_recall.py"
 
@@ -111,15 +111,15 @@ rule pseudobulk_de:
             caption="../report/pseudobulk.rst",
             category="Interpretation",
         ),
-    params:
-        settings=config["interpret"]["de"],
-        chunk_cells=config["store"]["chunk_cells"],
-    threads: 1
     log:
         "results/logs/pseudobulk_de.log",
     benchmark:
         "results/benchmarks/pseudobulk_de.tsv"
     conda:
         "../../envs/interpret.yaml"
+    threads: 1
+    params:
+        settings=config["interpret"]["de"],
+        chunk_cells=config["store"]["chunk_cells"],
     script:
         "../../scripts/pseudobulk.py"

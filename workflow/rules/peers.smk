@@ -18,18 +18,18 @@ rule peer:
         model=directory("results/models/{method}/{split}"),
         validation="results/validation/{method}/{split}.tsv",
         predictions="results/predictions/{method}/{split}.tsv",
-    wildcard_constraints:
-        method=one_of(PEERS),
-        split=names_of_splits.SCORED_SPLIT,
-    params:
-        **PEER_PARAMS,
     log:
         "results/logs/peers/{method}/{split}.log",
     benchmark:
         "results/benchmarks/peers/{method}/{split}.tsv"
-    threads: config["peers"]["threads"]
+    wildcard_constraints:
+        method=one_of(PEERS),
+        split=names_of_splits.SCORED_SPLIT,
     conda:
         env_of_method
+    threads: config["peers"]["threads"]
+    params:
+        **PEER_PARAMS,
     script:
         "../../scripts/peer.py"
 
@@ -41,16 +41,16 @@ rule peer_final:
     output:
         model=directory("results/models/{method}/final"),
         validation="results/validation/{method}/final.tsv",
-    wildcard_constraints:
-        method=one_of(PEERS),
-    params:
-        **PEER_PARAMS,
     log:
         "results/logs/peers/{method}/final.log",
     benchmark:
         "results/benchmarks/peers/{method}/final.tsv"
-    threads: config["peers"]["threads"]
+    wildcard_constraints:
+        method=one_of(PEERS),
     conda:
         env_of_method
+    threads: config["peers"]["threads"]
+    params:
+        **PEER_PARAMS,
     script:
         "../../scripts/peer.py"

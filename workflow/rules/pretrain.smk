@@ -5,22 +5,22 @@ rule pretrain:
     output:
         encoder="results/pretrain/{pretrain}+{encoder}/{split}/encoder.pt",
         history="results/pretrain/{pretrain}+{encoder}/{split}/history.json",
-    wildcard_constraints:
-        split=rf"{names_of_splits.BASE_SPLIT}|final",  # never a label-fraction split: pretraining is its base's
-        pretrain="kmeans|masked_bins",
-        encoder="|".join(registry.ENCODERS),
-    params:
-        encoder_hparams=lambda wildcards: config["encoder"][wildcards.encoder],
-        settings={**config["pretrain"], "device": torch_device("pretrain")},
-        store=config["store"],
-    resources:
-        gpu=gpu_resource("pretrain"),
-    threads: config["pretrain"]["threads"]
     log:
         "results/logs/pretrain/{pretrain}+{encoder}/{split}.log",
     benchmark:
         "results/benchmarks/pretrain/{pretrain}+{encoder}/{split}.tsv"
+    wildcard_constraints:
+        split=rf"{names_of_splits.BASE_SPLIT}|final",  # never a label-fraction split: pretraining is its base's
+        pretrain="kmeans|masked_bins",
+        encoder="|".join(registry.ENCODERS),
     conda:
         "../../envs/torch.yaml"
+    threads: config["pretrain"]["threads"]
+    resources:
+        gpu=gpu_resource("pretrain"),
+    params:
+        encoder_hparams=lambda wildcards: config["encoder"][wildcards.encoder],
+        settings={**config["pretrain"], "device": torch_device("pretrain")},
+        store=config["store"],
     script:
         "../../scripts/pretrain.py"

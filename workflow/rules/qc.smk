@@ -4,15 +4,15 @@ rule qc:
     output:
         h5ad="results/data/qc/{dataset}.h5ad",
         table="results/qc/{dataset}.tsv",
-    params:
-        settings=config["qc"],
-        chunk_cells=config["store"]["chunk_cells"],
     log:
         "results/logs/qc/{dataset}.log",
     benchmark:
         "results/benchmarks/qc/{dataset}.tsv"
     conda:
         "../../envs/data.yaml"
+    params:
+        settings=config["qc"],
+        chunk_cells=config["store"]["chunk_cells"],
     script:
         "../../scripts/qc.py"
 
@@ -25,17 +25,17 @@ rule harmonise:
         h5ad="results/data/combined.h5ad",
         table="results/qc/genes.tsv",
         ontology="results/qc/ontology.tsv",
-    params:
-        names=DATASETS,
-        ontology_maps=ONTOLOGY_MAPS,
-        settings=config["harmonise"],
-        target_sum=config["qc"]["target_sum"],
-        chunk_cells=config["store"]["chunk_cells"],
     log:
         "results/logs/harmonise.log",
     benchmark:
         "results/benchmarks/harmonise.tsv"
     conda:
         "../../envs/data.yaml"
+    params:
+        names=DATASETS,
+        ontology_maps=ONTOLOGY_MAPS,
+        settings=config["harmonise"],
+        target_sum=config["qc"]["target_sum"],
+        chunk_cells=config["store"]["chunk_cells"],
     script:
         "../../scripts/harmonise.py"

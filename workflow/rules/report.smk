@@ -5,6 +5,18 @@ rule report_figures:
         per_class="results/benchmark/per_class.tsv",
         label_efficiency="results/benchmark/label_efficiency.tsv" if LABEL_SWEEP else [],
     output:
+        # a split.label_fractions sweep: kappa and macro F1 against the label fraction, and the pretraining effect
+        **(
+            {
+                "label_efficiency": report(
+                    "results/report/label_efficiency.png",
+                    caption="../report/label_efficiency.rst",
+                    category="2. Benchmark",
+                )
+            }
+            if LABEL_SWEEP
+            else {}
+        ),
         kappa=report(
             "results/report/kappa.png",
             caption="../report/kappa.rst",
@@ -19,27 +31,15 @@ rule report_figures:
             report(path, caption="../report/confusion.rst", category="Confusion matrices")
             for path in expand("results/report/confusion/{method}.png", method=METHODS)
         ],
-        # a split.label_fractions sweep: kappa and macro F1 against the label fraction, and the pretraining effect
-        **(
-            {
-                "label_efficiency": report(
-                    "results/report/label_efficiency.png",
-                    caption="../report/label_efficiency.rst",
-                    category="2. Benchmark",
-                )
-            }
-            if LABEL_SWEEP
-            else {}
-        ),
-    params:
-        methods=METHODS,
-        settings=config["report"],
     log:
         "results/logs/report_figures.log",
     benchmark:
         "results/benchmarks/report_figures.tsv"
     conda:
         "../../envs/report.yaml"
+    params:
+        methods=METHODS,
+        settings=config["report"],
     script:
         "../../scripts/report_figures.py"
 
@@ -62,13 +62,13 @@ rule report_pages:
             caption="../report/summary_page.rst",
             category="2. Benchmark",
         ),
-    params:
-        split=config["split"],
     log:
         "results/logs/report_pages.log",
     benchmark:
         "results/benchmarks/report_pages.tsv"
     conda:
         "../../envs/report.yaml"
+    params:
+        split=config["split"],
     script:
         "../../scripts/report_pages.py"

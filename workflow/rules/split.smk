@@ -4,13 +4,13 @@ rule split:
     output:
         splits="results/splits/splits.tsv",
         classes="results/splits/class_counts.tsv",
-    params:
-        settings=config["split"],
     log:
         "results/logs/split.log",
     benchmark:
         "results/benchmarks/split.tsv"
     conda:
         "../../envs/data.yaml"
+    params:
+        settings=config["split"],
     script:
         "../../scripts/split.py"
