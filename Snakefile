@@ -1,4 +1,5 @@
 # sclabel: train, benchmark and explain cell-type annotators for single-cell RNA-seq.
+import os
 import sys
 
 from snakemake.utils import min_version
@@ -7,6 +8,7 @@ from snakemake.utils import min_version
 SCLABEL_ROOT = str(workflow.current_basedir)
 sys.path.insert(0, f"{SCLABEL_ROOT}/scripts")
 from sclabel.config_check import check_config
+from sclabel.run_folder import run_folder, with_absolute_inputs
 
 min_version("9.0")
 
@@ -19,6 +21,14 @@ if not workflow.overwrite_configfiles:
 
 # the schema (defaults filled in), then every name below the top level; a problem ends the run in one line
 check_config(config, f"{SCLABEL_ROOT}/workflow/schemas/config.schema.yaml")
+
+
+# a named run works in its own folder, runs/<run>/, so sweeps with different configs keep their results side by side;
+# the config's input paths are made absolute first (--directory, when given, wins over the run's folder)
+if config["run"]:
+    config.update(with_absolute_inputs(config, os.getcwd()))
+
+    workdir: run_folder(config["run"])
 
 
 # the image `snakemake --containerize > Dockerfile` describes, once built and pushed (see README: containers)

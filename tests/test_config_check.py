@@ -97,3 +97,24 @@ def test_config_errors_at_any_depth_end_the_run_in_one_line(case):
         check_config(config, SCHEMA_FILE)
     message = str(stop.value.code)
     assert "\n" not in message and message.startswith(start) and offer in message, message
+
+
+def test_a_named_run_makes_the_configs_input_paths_absolute():
+    from sclabel.run_folder import with_absolute_inputs
+
+    config = {"datasets": {"a": {"source": "data/a.h5ad", "labels": "data/a.tsv", "label_key": "cell_type"},
+                           "b": {"source": "builtin:pbmc68k_reduced"}, "c": {"source": "https://x.org/c.h5ad"},
+                           "d": {"source": "/abs/d.h5ad", "ontology_map": "config/ontology/d.tsv"}},
+              "annotate": {"queries": {"q": {"source": "../shared/q.h5ad"}}},
+              "interpret": {"libraries": {"GO": "sets/go.gmt"}, "marker_table": None},
+              "encoder": {"transformer": {"gene_embedding_init": "vectors.txt", "dim": 8}}}
+    fixed = with_absolute_inputs(config, "/work/project")
+    assert fixed["datasets"]["a"] == {"source": "/work/project/data/a.h5ad", "labels": "/work/project/data/a.tsv",
+                                      "label_key": "cell_type"}
+    assert [fixed["datasets"][n]["source"] for n in "bcd"] == ["builtin:pbmc68k_reduced", "https://x.org/c.h5ad",
+                                                                "/abs/d.h5ad"]
+    assert fixed["datasets"]["d"]["ontology_map"] == "/work/project/config/ontology/d.tsv"
+    assert fixed["annotate"]["queries"]["q"]["source"] == "/work/shared/q.h5ad"
+    assert fixed["interpret"] == {"libraries": {"GO": "/work/project/sets/go.gmt"}, "marker_table": None}
+    assert fixed["encoder"]["transformer"] == {"gene_embedding_init": "/work/project/vectors.txt", "dim": 8}
+    assert config["datasets"]["a"]["source"] == "data/a.h5ad"  # the given config is left as it was

@@ -176,6 +176,32 @@ def test_schema_rejects_unsafe_dataset_name(tmp_path):
     assert result.returncode != 0 and "does not match" in result.stderr + result.stdout
 
 
+def test_named_runs_keep_their_results_side_by_side(tmp_path):
+    """Two configs with their own ``run`` names, run one after the other from one folder with a relative data path:
+    each writes under runs/<run>/ and the second leaves the first's results as they were."""
+    from sclabel.datasets import load_builtin
+
+    (tmp_path / "data").mkdir()
+    load_builtin("pbmc68k_reduced", "test").write_h5ad(tmp_path / "data" / "pbmc.h5ad")
+    target = "results/splits/class_counts.tsv"
+    written = {}
+    for run, folds in (("two_folds", 2), ("three_folds", 3)):
+        config = load_config()
+        config["datasets"]["pbmc68k"]["source"] = "data/pbmc.h5ad"  # relative to where snakemake starts
+        config.update(run=run, split={**config["split"], "n_folds": folds})
+        configfile = write_config(tmp_path / "config", config, f"{run}.yaml")
+        command = [sys.executable, "-m", "snakemake", "-s", str(REPO_ROOT / "Snakefile"), "--configfile",
+                   str(configfile), "--cores", "2", target]
+        result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        written[run] = {path: path.read_bytes() for path in (tmp_path / "runs" / run).rglob("results/**/*.tsv")}
+    assert not (tmp_path / "results").exists()
+    for run, folds in (("two_folds", 2), ("three_folds", 3)):
+        counts = pd.read_csv(tmp_path / "runs" / run / target, sep="\t")
+        assert set(counts["split"]) == {f"cv{i}" for i in range(1, folds + 1)}
+        assert all(path.read_bytes() == content for path, content in written[run].items())
+
+
 def test_lint_is_clean():
     result = subprocess.run([sys.executable, "-m", "snakemake", "--lint"], cwd=REPO_ROOT, capture_output=True,
                             text=True, timeout=120)
