@@ -51,3 +51,20 @@ def test_run_page_lists_datasets_splits_and_methods_with_versions():
 def test_summary_page_says_so_when_no_peer_ran():
     html = summary_page(SUMMARY, PAIRED.iloc[:0].astype(object))
     assert 'id="summary"' in html and 'id="paired"' not in html and "No peer" in html
+
+
+def test_landing_tables_bold_the_best_mean_and_show_names_and_settings_as_literals():
+    from sclabel.report_pages import landing_methods, landing_summary
+
+    shown = landing_summary(SUMMARY)
+    assert list(shown.columns) == ["scheme", "method", "known_kappa", "rare_f1", "known_abstention"]
+    assert shown["method"].tolist() == ["``mlp``", "``logreg``"]
+    assert shown.loc[0, "known_kappa"] == "**0.870 ± 0.010**" and shown.loc[1, "known_kappa"] == "0.850 ± 0.010"
+    assert shown.loc[1, "rare_f1"] == "**0.600 ± 0.010**" and "**" not in shown.loc[0, "known_abstention"]
+    methods = pd.DataFrame({"name": ["kmeans+mlp"], "family": ["neural"], "package": ["sclabel"],
+                            "version": ["0.1"], "configured_settings": ["{'lr': 0.001,\n 'note': `x`}"],
+                            "rejection_rule": ["entropy"]})
+    table = landing_methods(methods)
+    assert list(table.columns) == ["method", "family", "package", "version", "settings"]
+    assert table.iloc[0].tolist() == ["``kmeans+mlp``", "``neural``", "``sclabel``", "``0.1``",
+                                      "``{'lr': 0.001, 'note': 'x'}``"]

@@ -104,10 +104,12 @@ def test_report_renders(default_run):
     assert "summary.tsv" in html and "kappa.png" in html
     assert "run.html" in html and "summary.html" in html and "1. Run" in html and "2. Benchmark" in html
     assert "This run: datasets pbmc68k" in html  # the landing page is rendered from the config
+    assert "Benchmark summary: mean" in html and "Methods: family, package" in html  # its two tables
 
 
 def test_report_landing_page_in_a_headless_browser(default_run):
-    """What a browser shows first: the run description and the categories holding the run and summary pages."""
+    """What a browser shows first: the run description, the summary and methods tables, and the categories holding
+    the run and summary pages."""
     browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
     if browser is None:
         pytest.skip("no headless browser (chromium) on this machine: apt-get install chromium")
@@ -118,6 +120,11 @@ def test_report_landing_page_in_a_headless_browser(default_run):
                           "--dump-dom", report.as_uri()], capture_output=True, text=True, timeout=120).stdout
     text = re.sub(r"<[^>]+>", " ", re.sub(r"<(script|style)\b.*?</\1>", " ", dom, flags=re.S))
     assert "This run: datasets pbmc68k" in text and "1. Run" in text and "2. Benchmark" in text
+    landing = text[text.index("This run: datasets pbmc68k"):]
+    summary = landing[landing.index("Benchmark summary: mean ± sd"):landing.index("Methods: family, package")]
+    methods = landing[landing.index("Methods: family, package"):]
+    assert "known_kappa" in summary and all(method in summary for method in load_config()["methods"])
+    assert "±" in summary and all(method in methods for method in load_config()["methods"])
 
 
 def test_nothing_to_do_after_a_complete_run(default_run):

@@ -1,6 +1,7 @@
 """The report's first pages as self-contained HTML: what was run (datasets, splits, methods, versions) and the
 benchmark summary as a sortable table with the best method per metric marked and the paired comparison to the best
-peer. Pure functions of the run's tables; ``report_pages_stage`` writes both files.
+peer. Pure functions of the run's tables; ``report_pages_stage`` writes both files, and the summary and methods as
+tables the report's landing page shows (reStructuredText cells: literal names, the best mean in bold).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from sclabel.split_names import group_columns
 SUMMARY_METRICS = ("known_kappa", "known_macro_f1", "known_accuracy", "called_kappa", "rare_f1", "macro_auroc",
                    "novel_auroc", "novel_recall", "known_abstention")
 HIGHER_IS_BETTER = frozenset(SUMMARY_METRICS) - {"known_abstention"}
+# the landing page's narrower summary (beside Snakemake's rule graph): the headline, rare and novel types, abstention
+LANDING_METRICS = ("known_kappa", "known_macro_f1", "rare_f1", "novel_auroc", "known_abstention")
 METHOD_COLUMNS = {"name": "method", "family": "family", "description": "what it is", "package": "package",
                   "version": "version", "rejection_rule": "abstains when", "configured_settings": "settings"}
 STYLE = """<style>
@@ -116,10 +119,31 @@ def run_page(genes: pd.DataFrame, class_counts: pd.DataFrame, methods: pd.DataFr
     return page("sclabel run", body)
 
 
+def rst_literal(value: Any) -> str:
+    """A table cell shown as typed: an inline literal (backticks, which it cannot hold, become quotes)."""
+    text = "" if pd.isna(value) else " ".join(str(value).replace("`", "'").split())
+    return f"``{text}``" if text else ""
+
+
+def landing_summary(summary: pd.DataFrame) -> pd.DataFrame:
+    """The summary for the landing page (``LANDING_METRICS``): names as literals, each metric's best mean in bold."""
+    table, best = summary_wide(summary)
+    shown = table.astype(object).where(~best, "**" + table.astype(str) + "**")
+    labels = [column for column in table.columns if column not in SUMMARY_METRICS]
+    shown[labels] = table[labels].map(rst_literal)
+    return shown[[*labels, *(m for m in LANDING_METRICS if m in table.columns)]].fillna("")
+
+
+def landing_methods(methods: pd.DataFrame) -> pd.DataFrame:
+    """Every method with its family, package, version and configured settings, for the landing page."""
+    columns = [c for c in ("name", "family", "package", "version", "configured_settings") if c in methods.columns]
+    return methods[columns].map(rst_literal).rename(columns=METHOD_COLUMNS)
+
+
 def report_pages_stage(summary_file: str, paired_file: str, methods_file: str, genes_file: str,
                        class_counts_file: str, split_settings: Mapping[str, Any], output_run: str,
-                       output_summary: str) -> None:
-    """Write the report's run description and summary pages."""
+                       output_summary: str, output_summary_table: str, output_methods_table: str) -> None:
+    """Write the report's run description and summary pages and the landing page's two tables."""
     genes = io.read_tsv(genes_file, ["dataset"])
     class_counts = io.read_tsv(class_counts_file, ["split", "cell_type"])
     methods = io.read_tsv(methods_file, ["name", "version", "configured_settings"])
@@ -127,4 +151,6 @@ def report_pages_stage(summary_file: str, paired_file: str, methods_file: str, g
     summary = io.read_tsv(summary_file, ["method", "scheme", "metric", "mean_sd"])
     paired = io.read_tsv(paired_file, ["scheme", "method", "best_peer", "metric"])
     io.write_text(summary_page(summary, paired), output_summary)
+    io.write_tsv(landing_summary(summary), output_summary_table)
+    io.write_tsv(landing_methods(methods), output_methods_table)
 

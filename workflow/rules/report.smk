@@ -62,6 +62,17 @@ rule report_pages:
             caption="../report/summary_page.rst",
             category="2. Benchmark",
         ),
+        # the same summary and the methods as the landing page's tables (workflow/report/workflow.rst)
+        summary_table=report(
+            "results/report/summary_table.tsv",
+            caption="../report/summary_table.rst",
+            category="2. Benchmark",
+        ),
+        methods_table=report(
+            "results/report/methods_table.tsv",
+            caption="../report/methods_table.rst",
+            category="1. Run",
+        ),
     log:
         "results/logs/report_pages.log",
     benchmark:
