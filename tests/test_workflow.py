@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -207,6 +208,22 @@ def test_named_runs_keep_their_results_side_by_side(tmp_path):
         counts = pd.read_csv(tmp_path / "runs" / run / target, sep="\t")
         assert set(counts["split"]) == {f"cv{i}" for i in range(1, folds + 1)}
         assert all(path.read_bytes() == content for path, content in written[run].items())
+
+
+def test_rule_scripts_import_this_checkouts_sclabel_not_another_copy_on_the_path(tmp_path):
+    """A stale sclabel earlier on the path (an install of another version, a PYTHONPATH entry) never shadows the
+    workflow's own package in a rule's job."""
+    shadow = tmp_path / "shadow" / "sclabel"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text('raise ImportError("a stale sclabel was imported")\n')
+    workdir = tmp_path / "run"
+    command = [sys.executable, "-m", "snakemake", "-s", str(REPO_ROOT / "Snakefile"), "--directory", str(workdir),
+               "--configfile", str(write_config(workdir, load_config())), "--cores", "1",
+               "results/data/raw/pbmc68k.h5ad"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "PYTHONPATH": str(shadow.parent)})
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert (workdir / "results/data/raw/pbmc68k.h5ad").stat().st_size > 0
 
 
 def test_lint_is_clean():
