@@ -371,3 +371,15 @@ def test_evaluate_stage_scores_every_table_on_one_truth(tmp_path):
     paired = pd.read_csv(out["paired"], sep="\t")
     assert paired[["scheme", "method", "best_peer", "n_splits"]].values.tolist() == [["lodo", "logreg", "celltypist",
                                                                                        1]]
+
+
+def test_per_class_figure_labels_each_type_with_its_test_cells_over_all_splits():
+    from sclabel.plots import per_class_f1_figure
+
+    per_class = pd.DataFrame([
+        {"cell_type": t, "f1": 0.5, "support": n, "method": m, "split": s}
+        for m in ("logreg", "mlp") for s, counts in (("cv1", {"B": 3, "T": 5, "NK": 0}), ("cv2", {"B": 4, "T": 6, "NK": 0}))
+        for t, n in counts.items()])
+    figure = per_class_f1_figure(per_class)
+    labels = [tick.get_text() for tick in figure.axes[0].get_xticklabels()]
+    assert labels == ["B (n=7)", "T (n=11)"]  # NK was never tested: not shown

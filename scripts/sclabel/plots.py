@@ -63,13 +63,22 @@ def kappa_figure(metrics_long: pd.DataFrame) -> plt.Figure:
     return fig
 
 
+def class_support(per_class: pd.DataFrame) -> pd.Series:
+    """Test cells per true cell type over all splits (every method is scored on the same cells: counted once)."""
+    per_split = per_class.groupby(["cell_type", "split"], observed=True)["support"].first()
+    return per_split.groupby(level="cell_type").sum().astype(int)
+
+
 def per_class_f1_figure(per_class: pd.DataFrame) -> plt.Figure:
-    """Heatmap of each method's F1 per true cell type, averaged over the splits where the type was tested."""
+    """Heatmap of each method's F1 per true cell type, averaged over the splits where the type was tested; each type
+    labelled with its support, the test cells of that type over all splits."""
     tested = per_class[per_class["support"] > 0]
     matrix = tested.pivot_table(index="method", columns="cell_type", values="f1", aggfunc="mean")
+    support = class_support(tested).reindex(matrix.columns)
     fig, ax = plt.subplots(figsize=(2.5 + 0.6 * matrix.shape[1], 1.5 + 0.4 * matrix.shape[0]))
     image = ax.imshow(matrix.to_numpy(), cmap="viridis", vmin=0, vmax=1, aspect="auto")
-    ax.set_xticks(range(matrix.shape[1]), matrix.columns, rotation=60, ha="right")
+    ax.set_xticks(range(matrix.shape[1]), [f"{name} (n={n})" for name, n in support.items()], rotation=60,
+                  ha="right")
     ax.set_yticks(range(matrix.shape[0]), matrix.index)
     for (row, col), value in np.ndenumerate(matrix.to_numpy()):
         if np.isfinite(value):
