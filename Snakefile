@@ -7,14 +7,14 @@ from snakemake.utils import min_version
 # this checkout's root: the Snakefile's folder, also when another workflow uses this one as a module
 SCLABEL_ROOT = str(workflow.current_basedir)
 sys.path.insert(0, f"{SCLABEL_ROOT}/scripts")
-# rule scripts import this checkout's sclabel too, never an installed copy of another version: jobs inherit this
-# PYTHONPATH (Snakemake itself only appends a script's folder to sys.path, after site-packages)
-if os.environ.get("PYTHONPATH", "").split(os.pathsep)[0] != f"{SCLABEL_ROOT}/scripts":
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [f"{SCLABEL_ROOT}/scripts", os.environ.get("PYTHONPATH")]))
 from sclabel.config_check import check_config
+from sclabel.job_env import put_first_on_pythonpath
 from sclabel.run_folder import run_folder, with_absolute_inputs
 
 min_version("9.0")
+
+# rule scripts import this checkout's sclabel too, never an installed copy of another version
+put_first_on_pythonpath(f"{SCLABEL_ROOT}/scripts")
 
 
 # the bundled default; a --configfile given on the command line replaces it rather than being merged into it
