@@ -48,18 +48,11 @@ def planned_jobs(workdir: Path, configfile: Path, *targets: str) -> dict[str, in
 
 
 def absolute_paths(config: dict[str, Any]) -> dict[str, Any]:
-    """The config with its repository-relative data, gene-set and marker paths made absolute."""
-    def resolve(path: str) -> str:
-        return path if path.startswith(("builtin:", "http://", "https://", "file://", "/")) else str(
-            (REPO_ROOT / path).resolve())
+    """The config with its repository-relative input paths (data, labels, ontology maps, gene sets, markers, gene
+    vectors) made absolute, as a named run does for its folder."""
+    from sclabel.run_folder import with_absolute_inputs
 
-    for spec in [*config["datasets"].values(), *config.get("annotate", {}).get("queries", {}).values()]:
-        spec["source"] = resolve(spec["source"])
-    interpret = config.get("interpret", {})
-    interpret["libraries"] = {k: resolve(v) for k, v in interpret.get("libraries", {}).items()}
-    if interpret.get("marker_table"):
-        interpret["marker_table"] = resolve(interpret["marker_table"])
-    return config
+    return with_absolute_inputs(config, str(REPO_ROOT))
 
 
 def assert_summary_matches(page: Path, figure: Path, annotated: Any) -> str:

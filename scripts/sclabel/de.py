@@ -129,7 +129,7 @@ def deseq(counts: pd.DataFrame, condition: pd.Series, test: str, reference: str,
     from pydeseq2.dds import DeseqDataSet
     from pydeseq2.ds import DeseqStats
 
-    counts = counts.loc[:, counts.sum(axis=0) >= max(min_counts, 1)]
+    counts = counts.loc[:, counts.sum(axis=0) >= min_counts]
     metadata = pd.DataFrame({"condition": condition.astype(str).to_numpy()}, index=counts.index)
     dds = DeseqDataSet(counts=counts, metadata=metadata, design="~condition", n_cpus=1, quiet=True)
     dds.deseq2()

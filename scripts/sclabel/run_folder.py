@@ -31,16 +31,20 @@ def absolute_entries(entries: Mapping[str, Mapping[str, Any]], base: str) -> dic
 
 
 def with_absolute_inputs(config: Mapping[str, Any], base: str) -> dict[str, Any]:
-    """A copy of the (schema-filled) config whose input paths are absolute against ``base``."""
+    """A copy of the config whose input paths, those it has, are absolute against ``base``."""
     fixed = copy.deepcopy(dict(config))
     fixed["datasets"] = absolute_entries(fixed["datasets"], base)
-    annotate = fixed["annotate"]
-    annotate["queries"] = absolute_entries(annotate.get("queries") or {}, base)
-    interpret = fixed["interpret"]
-    interpret["libraries"] = {name: absolute(path, base) for name, path in (interpret.get("libraries") or {}).items()}
-    interpret["marker_table"] = absolute(interpret.get("marker_table"), base)
-    transformer = fixed["encoder"]["transformer"]
-    transformer["gene_embedding_init"] = absolute(transformer.get("gene_embedding_init"), base)
+    annotate = fixed.get("annotate") or {}
+    if annotate.get("queries"):
+        annotate["queries"] = absolute_entries(annotate["queries"], base)
+    interpret = fixed.get("interpret") or {}
+    if interpret.get("libraries"):
+        interpret["libraries"] = {name: absolute(path, base) for name, path in interpret["libraries"].items()}
+    if "marker_table" in interpret:
+        interpret["marker_table"] = absolute(interpret["marker_table"], base)
+    transformer = (fixed.get("encoder") or {}).get("transformer") or {}
+    if "gene_embedding_init" in transformer:
+        transformer["gene_embedding_init"] = absolute(transformer["gene_embedding_init"], base)
     return fixed
 
 
